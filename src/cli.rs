@@ -1,0 +1,444 @@
+//! Command-line flags and the dispatch from subcommands to the library.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use tribe::config::{Config, find_workspace};
+use tribe::ingest::{IngestReport, events::EventIngest};
+use tribe::output::{OutputFormat, print_report, print_rows, print_stream};
+use tribe::{Error, Result, Workspace};
+
+#[derive(Parser)]
+#[command(
+    name = "tribe",
+    version,
+    about = "The analytical core of a customer data platform"
+)]
+#[command(
+    long_about = "tribe ingests events and records into Delta Lake tables on object \
+storage, resolves them into profiles, and answers SQL over all of it.\n\nCommands run in a \
+workspace: the folder given by --workspace, else $TRIBE_WORKSPACE, else the nearest folder \
+upward from here that holds a tribe.toml."
+)]
+struct Cli {
+    /// Workspace folder (holds tribe.toml).
+    #[arg(long, global = true, env = "TRIBE_WORKSPACE", value_name = "DIR")]
+    workspace: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a workspace: write tribe.toml.
+    Init {
+        /// Folder of the new workspace (default: the current folder).
+        dir: Option<PathBuf>,
+        /// Storage root: a folder relative to the workspace, or s3://, gs://, az:// URL.
+        #[arg(long, value_name = "URL", default_value = "data")]
+        storage: String,
+        /// Workspace name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Run SQL over every table of the workspace; without a query, an interactive shell.
+    Sql {
+        /// The SQL statement. Omit it for an interactive shell with history.
+        query: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Load events or records into the workspace.
+    #[command(subcommand)]
+    Ingest(IngestCommand),
+    /// Build a demo workspace with generated data from several sources.
+    Demo {
+        /// Folder of the demo workspace.
+        #[arg(default_value = "demo")]
+        dir: PathBuf,
+        /// People to simulate.
+        #[arg(long, default_value_t = 1000)]
+        people: u64,
+        /// Days of history before the as-of time.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Random seed; the same seed builds the same data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Delete the generated source files after ingesting them.
+        #[arg(long)]
+        no_sources: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Compact small files and delete files no longer needed (optimize + vacuum).
+    Maintain {
+        /// Only this table (repeatable; default: all).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// Keep unreferenced files younger than this many hours (default: tribe.toml's
+        /// vacuum_retention_hours, 168).
+        #[arg(long)]
+        retention_hours: Option<u64>,
+        /// Only vacuum, do not compact.
+        #[arg(long)]
+        vacuum_only: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// List the tables of the workspace with their versions and file counts.
+    Tables {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum IngestCommand {
+    /// Segment-spec messages from JSON lines, CSV or Parquet files into `events`.
+    Events {
+        /// Input files (.jsonl, .ndjson, .json, .csv, .parquet).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Source name recorded on each event (default: the file name without extension).
+        #[arg(long)]
+        source: Option<String>,
+        #[command(flatten)]
+        common: IngestArgs,
+    },
+    /// Rows of a record source configured under [records.NAME] in tribe.toml.
+    Records {
+        /// The record source, as named in tribe.toml.
+        #[arg(long, required = true)]
+        source: String,
+        /// Input files (.csv, .jsonl, .parquet).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        common: IngestArgs,
+    },
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// Fail the whole ingest, committing nothing, if any row is rejected.
+    #[arg(long)]
+    strict: bool,
+    #[command(flatten)]
+    format: FormatArg,
+}
+
+#[derive(Args, Clone, Copy)]
+struct FormatArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+}
+
+/// Runs the command line; the process exit code: 0 success, 1 nothing accepted, 2 error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+    let open = || -> Result<Workspace> {
+        let dir = find_workspace(cli.workspace.as_deref(), None, &cwd)?;
+        Workspace::open(&dir)
+    };
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Init { dir, storage, name } => {
+            let dir = dir.map_or_else(|| cwd.clone(), |d| cwd.join(d));
+            let mut config = Config::default();
+            config.workspace.storage = storage;
+            config.workspace.name = name.unwrap_or_else(|| default_name(&dir));
+            let ws = Workspace::init(&dir, config)?;
+            writeln!(
+                out,
+                "created workspace {} (storage {})",
+                ws.dir.display(),
+                ws.storage.root()
+            )
+            .map_err(|e| Error::io("<stdout>", e))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sql { query, format } => {
+            let ws = open()?;
+            let (ctx, _) = tribe::sql::session(&ws).await?;
+            match query {
+                Some(q) => {
+                    let stream = tribe::sql::run(&ctx, &q).await?;
+                    print_stream(stream, format.format, &mut out).await?;
+                }
+                None => shell(&ctx, &ws, format.format).await?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            dir,
+            people,
+            days,
+            seed,
+            no_sources,
+            format,
+        } => {
+            let dir = cwd.join(dir);
+            let progress = count_progress("people");
+            let options = tribe::demo::DemoOptions {
+                people,
+                days,
+                seed,
+                keep_sources: !no_sources,
+            };
+            let report = tribe::demo::build(&dir, &options, &progress).await;
+            progress.finish_and_clear();
+            let report = report?;
+            if format.format == OutputFormat::Table {
+                print_demo(&report, &mut out).map_err(|e| Error::io("<stdout>", e))?;
+            } else {
+                print_report(&report, format.format, &mut out)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Maintain {
+            tables,
+            retention_hours,
+            vacuum_only,
+            format,
+        } => {
+            let ws = open()?;
+            let options = tribe::maintain::MaintainOptions {
+                tables,
+                retention_hours,
+                vacuum_only,
+            };
+            let reports = tribe::maintain::maintain(&ws, &options).await?;
+            print_rows(&reports, format.format, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tables { format } => {
+            let ws = open()?;
+            let (_, tables) = tribe::sql::session(&ws).await?;
+            print_rows(&tables, format.format, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest(IngestCommand::Events {
+            files,
+            source,
+            common,
+        }) => {
+            let ws = open()?;
+            let progress = bytes_progress(&files, "ingesting events");
+            let options = EventIngest {
+                source,
+                strict: common.strict,
+            };
+            let report =
+                tribe::ingest::events::ingest_events(&ws, &files, &options, &progress).await;
+            progress.finish_and_clear();
+            finish_ingest(report?, common.format.format, &mut out)
+        }
+        Command::Ingest(IngestCommand::Records {
+            source,
+            files,
+            common,
+        }) => {
+            let ws = open()?;
+            let progress = bytes_progress(&files, "ingesting records");
+            let report = tribe::ingest::records::ingest_records(
+                &ws,
+                &source,
+                &files,
+                common.strict,
+                &progress,
+            )
+            .await;
+            progress.finish_and_clear();
+            finish_ingest(report?, common.format.format, &mut out)
+        }
+    }
+}
+
+/// Prints an ingest report; exit code 1 when nothing was accepted.
+fn finish_ingest(
+    report: IngestReport,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<ExitCode> {
+    print_report(&report, format, out)?;
+    if report.accepted == 0 {
+        eprintln!("error: nothing was accepted ({} rejected)", report.rejected);
+        return Ok(ExitCode::from(1));
+    }
+    if report.rejected > 0 && format == OutputFormat::Table {
+        eprintln!(
+            "warning: {} row(s) rejected; see them with: tribe sql \"select * from rejected\"",
+            report.rejected
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar over the total size of `files`, drawn only on a terminal.
+fn bytes_progress(files: &[PathBuf], message: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
+/// A progress bar over a count, drawn only on a terminal.
+fn count_progress(unit: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} eta {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+fn print_demo(r: &tribe::demo::DemoReport, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "built demo workspace {}", r.workspace)?;
+    writeln!(
+        out,
+        "  as-of time : {} (seed {}, {} people, {} days of history)",
+        r.as_of, r.seed, r.people, r.days
+    )?;
+    writeln!(out, "  web events : {}", r.web_events)?;
+    writeln!(out, "  app events : {}", r.app_events)?;
+    writeln!(out, "  e-mail     : {}", r.email_events)?;
+    writeln!(out, "  CRM        : {} contacts", r.crm_contacts)?;
+    writeln!(out, "  shop (POS) : {} orders", r.pos_orders)?;
+    writeln!(
+        out,
+        "  truth.csv  : {} identifiers with their true person",
+        r.truth_rows
+    )?;
+    for i in &r.ingested {
+        writeln!(
+            out,
+            "  table {:<8}: {} rows stored{}, {} rejected",
+            i.table,
+            i.inserted,
+            if i.events_inserted > 0 {
+                format!(" (+{} events)", i.events_inserted)
+            } else {
+                String::new()
+            },
+            i.rejected
+        )?;
+    }
+    writeln!(out, "\ntry:")?;
+    writeln!(out, "  cd {}", r.workspace)?;
+    for q in tribe::demo::TRY_QUERIES {
+        writeln!(out, "  tribe sql \"{q}\"")?;
+    }
+    Ok(())
+}
+
+fn default_name(dir: &Path) -> String {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("tribe")
+        .to_string()
+}
+
+/// The interactive SQL shell: statements end with `;`, history is kept in the workspace.
+async fn shell(
+    ctx: &datafusion::prelude::SessionContext,
+    ws: &Workspace,
+    format: OutputFormat,
+) -> Result<()> {
+    use rustyline::error::ReadlineError;
+    let mut editor = rustyline::DefaultEditor::new().map_err(|e| Error::Other(e.to_string()))?;
+    let history = ws.dir.join(".tribe_history");
+    let _ = editor.load_history(&history);
+    eprintln!(
+        "tribe sql on {}: end statements with ;  .tables lists tables  .quit leaves",
+        ws.dir.display()
+    );
+    let mut buffer = String::new();
+    loop {
+        let prompt = if buffer.is_empty() {
+            "tribe> "
+        } else {
+            "   ..> "
+        };
+        match editor.readline(prompt) {
+            Ok(line) => {
+                let trimmed = line.trim();
+                if buffer.is_empty() && matches!(trimmed, ".quit" | ".exit" | "\\q") {
+                    break;
+                }
+                if buffer.is_empty() && trimmed == ".tables" {
+                    buffer = "show tables".into();
+                } else {
+                    buffer.push_str(&line);
+                    buffer.push('\n');
+                    if !trimmed.ends_with(';') {
+                        continue;
+                    }
+                }
+                let statement = std::mem::take(&mut buffer);
+                let _ = editor.add_history_entry(statement.trim());
+                let mut out = std::io::stdout().lock();
+                match tribe::sql::run(ctx, statement.trim().trim_end_matches(';')).await {
+                    Ok(stream) => {
+                        if let Err(e) = print_stream(stream, format, &mut out).await {
+                            eprintln!("error: {e}");
+                        }
+                    }
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            }
+            Err(ReadlineError::Interrupted) => buffer.clear(),
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(Error::Other(e.to_string())),
+        }
+    }
+    let _ = editor.save_history(&history);
+    Ok(())
+}

@@ -1,0 +1,323 @@
+//! The workspace configuration, `tribe.toml`: where the data lives, which event properties get
+//! typed columns, and how each record source maps onto identifiers, traits, consent and events.
+//! It also finds the workspace a command runs in. It does not open storage (see `storage`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The file name that marks a workspace folder.
+pub const CONFIG_FILE: &str = "tribe.toml";
+
+/// The parsed `tribe.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub workspace: WorkspaceSection,
+    #[serde(default)]
+    pub events: EventsSection,
+    /// Record sources by name (`crm`, `pos`, ...).
+    #[serde(default)]
+    pub records: BTreeMap<String, RecordSource>,
+}
+
+/// `[workspace]`: name and storage root.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceSection {
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Storage root: a folder (relative to the workspace) or an `s3://`, `gs://`, `az://` URL.
+    #[serde(default = "default_storage")]
+    pub storage: String,
+    /// Memory the query engine may use before it spills to disk, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_limit_mb: usize,
+    /// How long `tribe maintain` keeps files that are no longer part of a table, in hours.
+    #[serde(default = "default_retention_hours")]
+    pub vacuum_retention_hours: u64,
+}
+
+impl Default for WorkspaceSection {
+    fn default() -> Self {
+        WorkspaceSection {
+            name: default_name(),
+            storage: default_storage(),
+            memory_limit_mb: default_memory_mb(),
+            vacuum_retention_hours: default_retention_hours(),
+        }
+    }
+}
+
+fn default_name() -> String {
+    "tribe".into()
+}
+fn default_storage() -> String {
+    "data".into()
+}
+fn default_memory_mb() -> usize {
+    4096
+}
+fn default_retention_hours() -> u64 {
+    168
+}
+
+/// `[events]`: properties that get typed columns (`prop_<name>`) besides the JSON text.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// Extra typed properties, `name = "double"`; added to the Segment e-commerce defaults.
+    #[serde(default)]
+    pub properties: BTreeMap<String, ValueType>,
+    /// Largest accepted message in bytes (Segment's limit is 32 KB).
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
+}
+
+/// A column or property type as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueType {
+    String,
+    Double,
+    Long,
+    Boolean,
+    Timestamp,
+}
+
+impl ValueType {
+    /// The Arrow type a column of this type is stored as.
+    pub fn arrow(self) -> arrow::datatypes::DataType {
+        use arrow::datatypes::{DataType, TimeUnit};
+        match self {
+            ValueType::String => DataType::Utf8,
+            ValueType::Double => DataType::Float64,
+            ValueType::Long => DataType::Int64,
+            ValueType::Boolean => DataType::Boolean,
+            ValueType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        }
+    }
+}
+
+impl ValueType {
+    /// The config type of a stored column (text for anything else).
+    pub fn from_arrow(ty: &arrow::datatypes::DataType) -> ValueType {
+        use arrow::datatypes::DataType;
+        match ty {
+            DataType::Float64 | DataType::Float32 => ValueType::Double,
+            DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8 => ValueType::Long,
+            DataType::Boolean => ValueType::Boolean,
+            DataType::Timestamp(_, _) => ValueType::Timestamp,
+            _ => ValueType::String,
+        }
+    }
+}
+
+/// `[records.NAME]`: how the rows of one source system are read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSource {
+    /// Identifier columns: `id_type = "column"` (email, phone, crm_id, loyalty_id, ...).
+    #[serde(default)]
+    pub identifiers: BTreeMap<String, String>,
+    /// Trait columns: `trait = "column"`.
+    #[serde(default)]
+    pub traits: BTreeMap<String, String>,
+    /// Consent columns: `channel = "column"` (true/false, yes/no, 1/0).
+    #[serde(default)]
+    pub consent: BTreeMap<String, String>,
+    /// Column types; columns not listed are stored as text.
+    #[serde(default)]
+    pub columns: BTreeMap<String, ValueType>,
+    /// When set, every row is also an event.
+    #[serde(default)]
+    pub event: Option<RecordEvent>,
+}
+
+/// `[records.NAME.event]`: turns each row of a record source into an event.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordEvent {
+    /// Column with the event time.
+    pub timestamp: String,
+    /// Fixed event name (`Order Completed`), unless `name_column` is set.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Column holding the event name.
+    #[serde(default)]
+    pub name_column: Option<String>,
+    /// Column that identifies the row (an order id); it makes re-ingesting idempotent.
+    /// Without it the row's content identifies it.
+    #[serde(default)]
+    pub message_id: Option<String>,
+    /// Event properties: `property = "column"`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Reads and checks `tribe.toml`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: one_line(&e),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |message: String| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        for name in self.events.properties.keys() {
+            if !is_identifier(name) {
+                return Err(bad(format!(
+                    "[events.properties]: {name:?} is not a valid property name (letters, digits, _)"
+                )));
+            }
+        }
+        for (name, source) in &self.records {
+            if !is_identifier(name) {
+                return Err(bad(format!(
+                    "[records.{name}]: source names are letters, digits and _"
+                )));
+            }
+            if crate::storage::schema::RESERVED_TABLES.contains(&name.as_str()) {
+                return Err(bad(format!(
+                    "[records.{name}]: `{name}` is the name of one of tribe's own tables; pick another"
+                )));
+            }
+            if let Some(event) = &source.event
+                && event.name.is_none() == event.name_column.is_none()
+            {
+                return Err(bad(format!(
+                    "[records.{name}.event]: set exactly one of `name` and `name_column`"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The config text, as written to `tribe.toml`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+/// A TOML error as one line with its position.
+fn one_line(e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => format!("{msg} (at byte {})", span.start),
+        None => msg,
+    }
+}
+
+/// Whether `name` is a plain name usable as a column or table name.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Finds the workspace folder: the flag, else `TRIBE_WORKSPACE`, else the nearest folder holding
+/// `tribe.toml` from `cwd` upward.
+pub fn find_workspace(flag: Option<&Path>, env: Option<&Path>, cwd: &Path) -> Result<PathBuf> {
+    if let Some(dir) = flag.or(env) {
+        let dir = cwd.join(dir);
+        if dir.join(CONFIG_FILE).is_file() {
+            return Ok(dir);
+        }
+        return Err(Error::Config {
+            path: dir.join(CONFIG_FILE),
+            message: "not found: this folder is not a tribe workspace (run `tribe init` there)"
+                .into(),
+        });
+    }
+    cwd.ancestors()
+        .find(|dir| dir.join(CONFIG_FILE).is_file())
+        .map(Path::to_path_buf)
+        .ok_or(Error::NoWorkspace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_config() {
+        let text = r#"
+            [workspace]
+            name = "shop"
+            storage = "s3://bucket/prefix"
+            [events.properties]
+            basket_size = "long"
+            [records.pos]
+            identifiers = { email = "email", loyalty_id = "card" }
+            columns = { total = "double" }
+            [records.pos.event]
+            timestamp = "ordered_at"
+            name = "Order Completed"
+            message_id = "order_id"
+            properties = { revenue = "total" }
+        "#;
+        let c = Config::parse(text, Path::new("tribe.toml")).unwrap();
+        assert_eq!(c.workspace.storage, "s3://bucket/prefix");
+        assert_eq!(c.events.properties["basket_size"], ValueType::Long);
+        let pos = &c.records["pos"];
+        assert_eq!(pos.identifiers["loyalty_id"], "card");
+        assert_eq!(pos.event.as_ref().unwrap().properties["revenue"], "total");
+        let again = Config::parse(&c.to_toml(), Path::new("x")).unwrap();
+        assert_eq!(again.records["pos"].columns["total"], ValueType::Double);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_with_position() {
+        let err = Config::parse("[workspace]\nstorag = \"x\"\n", Path::new("tribe.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("tribe.toml: unknown field `storag`"),
+            "{err}"
+        );
+        assert!(err.contains("at byte"), "{err}");
+    }
+
+    #[test]
+    fn event_mapping_needs_exactly_one_name() {
+        let text = "[records.pos.event]\ntimestamp = \"t\"\n";
+        let err = Config::parse(text, Path::new("tribe.toml")).unwrap_err();
+        assert!(err.to_string().contains("exactly one of `name`"), "{err}");
+    }
+
+    #[test]
+    fn finds_the_nearest_workspace_upward() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), "").unwrap();
+        let deep = dir.path().join("a/b");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert_eq!(find_workspace(None, None, &deep).unwrap(), dir.path());
+        let other = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            find_workspace(None, None, other.path()),
+            Err(Error::NoWorkspace)
+        ));
+        assert!(find_workspace(Some(other.path()), None, &deep).is_err());
+        assert_eq!(
+            find_workspace(None, Some(dir.path()), other.path()).unwrap(),
+            dir.path()
+        );
+    }
+}

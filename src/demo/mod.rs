@@ -1,0 +1,396 @@
+//! `tribe demo`: a workspace with generated data from several sources, for trying tribe and for
+//! benchmarks. People are simulated one at a time (visits, sign-ups, orders, e-mails, shop
+//! purchases) and written as the raw files each source system would export: web and app events
+//! as Segment JSON lines, e-mail engagement events, a CRM contacts CSV with the formatting noise
+//! real exports have, and point-of-sale orders as Parquet. The files are then ingested with the
+//! normal ingest path. `truth.csv` says which person each raw identifier belongs to.
+//!
+//! Everything is a function of the seed: a person's data comes from a generator seeded with
+//! (seed, person), so output does not depend on thread count or scheduling.
+
+mod person;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use indicatif::ProgressBar;
+use parquet::arrow::ArrowWriter;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::config::{Config, RecordEvent, RecordSource, ValueType};
+use crate::error::{Error, Result};
+use crate::ingest::IngestReport;
+use crate::workspace::Workspace;
+pub use person::Generated;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub people: u64,
+    pub days: u32,
+    pub seed: u64,
+    /// Keep the generated source files under `sources/` (they are always written first).
+    pub keep_sources: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            people: 1000,
+            days: 365,
+            seed: 42,
+            keep_sources: true,
+        }
+    }
+}
+
+/// The as-of time of demo data: every seed's data ends just before it.
+pub const AS_OF: &str = "2026-07-01T00:00:00Z";
+
+/// What the demo built.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DemoReport {
+    pub workspace: String,
+    pub as_of: String,
+    pub people: u64,
+    pub days: u32,
+    pub seed: u64,
+    pub web_events: u64,
+    pub app_events: u64,
+    pub email_events: u64,
+    pub crm_contacts: u64,
+    pub pos_orders: u64,
+    pub truth_rows: u64,
+    pub ingested: Vec<IngestReport>,
+}
+
+/// The demo workspace's config: CRM contacts and point-of-sale orders mapped as record sources.
+pub fn demo_config(name: &str) -> Config {
+    let mut config = Config::default();
+    config.workspace.name = name.to_string();
+    let map = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    config.records.insert(
+        "crm".into(),
+        RecordSource {
+            identifiers: map(&[
+                ("email", "email"),
+                ("phone", "phone"),
+                ("crm_id", "contact_id"),
+                ("loyalty_id", "loyalty_id"),
+            ]),
+            traits: map(&[
+                ("first_name", "first_name"),
+                ("last_name", "last_name"),
+                ("country", "country"),
+            ]),
+            consent: map(&[("email", "email_opt_in"), ("sms", "sms_opt_in")]),
+            columns: [("created_at".to_string(), ValueType::Timestamp)].into(),
+            event: None,
+        },
+    );
+    config.records.insert(
+        "pos".into(),
+        RecordSource {
+            identifiers: map(&[("email", "email"), ("loyalty_id", "loyalty_id")]),
+            traits: Default::default(),
+            consent: Default::default(),
+            columns: [("total".to_string(), ValueType::Double)].into(),
+            event: Some(RecordEvent {
+                timestamp: "ordered_at".into(),
+                name: Some("Order Completed".into()),
+                name_column: None,
+                message_id: Some("order_id".into()),
+                properties: map(&[
+                    ("revenue", "total"),
+                    ("currency", "currency"),
+                    ("order_id", "order_id"),
+                    ("store_id", "store_id"),
+                ]),
+            }),
+        },
+    );
+    config
+}
+
+/// People generated and written per step; bounds memory at any scale.
+const PEOPLE_PER_STEP: u64 = 2000;
+
+/// Builds the demo workspace in `dir`.
+pub async fn build(
+    dir: &Path,
+    options: &DemoOptions,
+    progress: &ProgressBar,
+) -> Result<DemoReport> {
+    if dir.join(crate::config::CONFIG_FILE).exists() {
+        return Err(Error::Input(format!(
+            "{}: already holds a workspace; remove it or choose another folder",
+            dir.display()
+        )));
+    }
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("demo")
+        .to_string();
+    let ws = Workspace::init(dir, demo_config(&name))?;
+    let sources = dir.join("sources");
+
+    let mut report = DemoReport {
+        workspace: dir.display().to_string(),
+        as_of: AS_OF.into(),
+        people: options.people,
+        days: options.days,
+        seed: options.seed,
+        web_events: 0,
+        app_events: 0,
+        email_events: 0,
+        crm_contacts: 0,
+        pos_orders: 0,
+        truth_rows: 0,
+        ingested: vec![],
+    };
+    write_sources(&sources, dir, options, progress, &mut report)?;
+
+    progress.set_message("ingesting");
+    let quiet = ProgressBar::hidden();
+    let events = vec![
+        sources.join("web.jsonl"),
+        sources.join("app.jsonl"),
+        sources.join("email.jsonl"),
+    ];
+    report.ingested.push(
+        crate::ingest::events::ingest_events(&ws, &events, &Default::default(), &quiet).await?,
+    );
+    report.ingested.push(
+        crate::ingest::records::ingest_records(
+            &ws,
+            "crm",
+            &[sources.join("crm_contacts.csv")],
+            false,
+            &quiet,
+        )
+        .await?,
+    );
+    report.ingested.push(
+        crate::ingest::records::ingest_records(
+            &ws,
+            "pos",
+            &[sources.join("pos_orders.parquet")],
+            false,
+            &quiet,
+        )
+        .await?,
+    );
+    if !options.keep_sources {
+        let _ = std::fs::remove_dir_all(&sources);
+    }
+    Ok(report)
+}
+
+/// Generates the raw source files into `sources` (and `truth.csv` into `root`), counting what
+/// was written into `report`.
+pub fn write_sources(
+    sources: &Path,
+    root: &Path,
+    options: &DemoOptions,
+    progress: &ProgressBar,
+    report: &mut DemoReport,
+) -> Result<()> {
+    std::fs::create_dir_all(sources).map_err(|e| Error::io(sources, e))?;
+    let as_of = crate::ingest::message::parse_time(AS_OF).expect("valid constant");
+    progress.set_length(options.people);
+    progress.set_message("generating people");
+    let mut files = SourceFiles::create(sources, root)?;
+    let mut start = 0;
+    while start < options.people {
+        let end = (start + PEOPLE_PER_STEP).min(options.people);
+        let generated: Vec<Generated> = (start..end)
+            .into_par_iter()
+            .map(|p| person::generate(options.seed, p, options.people, options.days, as_of))
+            .collect();
+        for g in &generated {
+            files.write(g, report)?;
+        }
+        progress.inc(end - start);
+        start = end;
+    }
+    files.finish()
+}
+
+/// The raw files being written.
+struct SourceFiles {
+    web: BufWriter<File>,
+    app: BufWriter<File>,
+    email: BufWriter<File>,
+    crm: csv::Writer<BufWriter<File>>,
+    truth: csv::Writer<BufWriter<File>>,
+    pos: ArrowWriter<File>,
+    pos_rows: Vec<person::PosOrder>,
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>> {
+    Ok(BufWriter::with_capacity(
+        1 << 20,
+        File::create(path).map_err(|e| Error::io(path, e))?,
+    ))
+}
+
+fn pos_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("order_id", DataType::Utf8, false),
+        Field::new(
+            "ordered_at",
+            crate::storage::schema::timestamp_type(),
+            false,
+        ),
+        Field::new("store_id", DataType::Utf8, false),
+        Field::new("email", DataType::Utf8, true),
+        Field::new("loyalty_id", DataType::Utf8, true),
+        Field::new("total", DataType::Float64, false),
+        Field::new("currency", DataType::Utf8, false),
+    ]))
+}
+
+impl SourceFiles {
+    fn create(sources: &Path, root: &Path) -> Result<SourceFiles> {
+        let mut crm = csv::Writer::from_writer(create(&sources.join("crm_contacts.csv"))?);
+        crm.write_record([
+            "contact_id",
+            "first_name",
+            "last_name",
+            "email",
+            "phone",
+            "country",
+            "loyalty_id",
+            "email_opt_in",
+            "sms_opt_in",
+            "created_at",
+        ])
+        .map_err(csv_err)?;
+        let mut truth = csv::Writer::from_writer(create(&root.join("truth.csv"))?);
+        truth
+            .write_record(["id_type", "id_value", "person_id"])
+            .map_err(csv_err)?;
+        let pos_path = sources.join("pos_orders.parquet");
+        let pos_file = File::create(&pos_path).map_err(|e| Error::io(&pos_path, e))?;
+        Ok(SourceFiles {
+            web: create(&sources.join("web.jsonl"))?,
+            app: create(&sources.join("app.jsonl"))?,
+            email: create(&sources.join("email.jsonl"))?,
+            crm,
+            truth,
+            pos: ArrowWriter::try_new(
+                pos_file,
+                pos_schema(),
+                Some(crate::storage::writer_properties()),
+            )?,
+            pos_rows: Vec::new(),
+        })
+    }
+
+    fn write(&mut self, g: &Generated, report: &mut DemoReport) -> Result<()> {
+        let io = |e| Error::io("demo sources", e);
+        for line in &g.web {
+            self.web.write_all(line.as_bytes()).map_err(io)?;
+            self.web.write_all(b"\n").map_err(io)?;
+        }
+        for line in &g.app {
+            self.app.write_all(line.as_bytes()).map_err(io)?;
+            self.app.write_all(b"\n").map_err(io)?;
+        }
+        for line in &g.email {
+            self.email.write_all(line.as_bytes()).map_err(io)?;
+            self.email.write_all(b"\n").map_err(io)?;
+        }
+        report.web_events += g.web.len() as u64;
+        report.app_events += g.app.len() as u64;
+        report.email_events += g.email.len() as u64;
+        if let Some(contact) = &g.crm {
+            self.crm.write_record(contact).map_err(csv_err)?;
+            report.crm_contacts += 1;
+        }
+        for (id_type, value) in &g.truth {
+            self.truth
+                .write_record([id_type.as_str(), value.as_str(), g.person_id.as_str()])
+                .map_err(csv_err)?;
+        }
+        report.truth_rows += g.truth.len() as u64;
+        report.pos_orders += g.pos.len() as u64;
+        self.pos_rows.extend(g.pos.iter().cloned());
+        if self.pos_rows.len() >= 65_536 {
+            self.flush_pos()?;
+        }
+        Ok(())
+    }
+
+    fn flush_pos(&mut self) -> Result<()> {
+        if self.pos_rows.is_empty() {
+            return Ok(());
+        }
+        let mut id = StringBuilder::new();
+        let mut at = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+        let mut store = StringBuilder::new();
+        let mut email = StringBuilder::new();
+        let mut loyalty = StringBuilder::new();
+        let mut total = Float64Builder::new();
+        let mut currency = StringBuilder::new();
+        for o in self.pos_rows.drain(..) {
+            id.append_value(&o.order_id);
+            at.append_value(o.ordered_at);
+            store.append_value(&o.store_id);
+            email.append_option(o.email.as_deref());
+            loyalty.append_option(o.loyalty_id.as_deref());
+            total.append_value(o.total);
+            currency.append_value(&o.currency);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(id.finish()),
+            Arc::new(at.finish()),
+            Arc::new(store.finish()),
+            Arc::new(email.finish()),
+            Arc::new(loyalty.finish()),
+            Arc::new(total.finish()),
+            Arc::new(currency.finish()),
+        ];
+        self.pos
+            .write(&RecordBatch::try_new(pos_schema(), columns)?)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.flush_pos()?;
+        let io = |e| Error::io("demo sources", e);
+        self.web.flush().map_err(io)?;
+        self.app.flush().map_err(io)?;
+        self.email.flush().map_err(io)?;
+        self.crm.flush().map_err(io)?;
+        self.truth.flush().map_err(io)?;
+        self.pos.close()?;
+        Ok(())
+    }
+}
+
+fn csv_err(e: csv::Error) -> Error {
+    Error::Other(format!("writing demo CSV: {e}"))
+}
+
+/// Queries worth trying on a fresh demo workspace.
+pub const TRY_QUERIES: &[&str] = &[
+    "select type, count(*) from events group by 1 order by 2 desc",
+    "select event, count(*) as n, round(sum(prop_revenue), 2) as revenue from events where type = 'track' group by 1 order by 2 desc",
+    "select source, min(timestamp), max(timestamp), count(*) from events group by 1",
+    "select country, count(*) from crm group by 1 order by 2 desc",
+    "select date_trunc('month', timestamp) as month, sum(prop_revenue) from events where event = 'Order Completed' group by 1 order by 1",
+    "select json_get_str(context, 'page', 'path') as path, count(*) from events where type = 'page' group by 1 order by 2 desc limit 5",
+];

@@ -1,0 +1,282 @@
+//! `tribe ingest events`: Segment messages from JSON lines, CSV or Parquet files into the
+//! `events` table, in one atomic commit per ingest. Parsing runs on all cores while the Parquet
+//! writer streams files out; a bounded channel between them keeps memory flat.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+
+use super::batch::{EventBatch, EventBatchBuilder};
+use super::input::{Chunk, position_kind, read_chunks};
+use super::message::{DEFAULT_MAX_MESSAGE_BYTES, ParseRules, parse_message};
+use super::rejected::{RejectedRow, file_label, raw_excerpt};
+use super::{IngestReport, REPORTED_REJECTIONS, rejected};
+use crate::config::ValueType;
+use crate::error::{Error, Result};
+use crate::storage::append::{Append, CommitResult, KeyScope};
+use crate::storage::{TableSpec, schema};
+use crate::workspace::Workspace;
+
+/// Options of an events ingest.
+#[derive(Debug, Clone, Default)]
+pub struct EventIngest {
+    /// Source name recorded on every event; default: each file's name without extension.
+    pub source: Option<String>,
+    /// Fail the whole ingest, committing nothing, if any row is rejected.
+    pub strict: bool,
+}
+
+/// One parsed chunk.
+struct Parsed {
+    batch: EventBatch,
+    rejects: Vec<RejectedRow>,
+    read: u64,
+    input_bytes: u64,
+}
+
+/// Everything the parser needs, shared by the parsing threads.
+struct ParseSetup {
+    rules: ParseRules,
+    spec: TableSpec,
+    typed: Vec<(String, ValueType)>,
+}
+
+/// Ingests event files; see the module doc. A missing file fails before anything is written.
+pub async fn ingest_events(
+    ws: &Workspace,
+    files: &[PathBuf],
+    options: &EventIngest,
+    progress: &ProgressBar,
+) -> Result<IngestReport> {
+    for file in files {
+        if !file.is_file() {
+            return Err(Error::Input(format!("{}: no such file", file.display())));
+        }
+        super::input::Format::of(file)?;
+    }
+    let spec = schema::events(&ws.config);
+    ws.storage.evolve(&spec).await?;
+    let typed: Vec<(String, ValueType)> =
+        schema::typed_properties(&ws.config).into_iter().collect();
+    let now = chrono::Utc::now().timestamp_micros();
+    let setup = Arc::new(ParseSetup {
+        rules: ParseRules {
+            typed: typed.clone(),
+            max_bytes: ws
+                .config
+                .events
+                .max_message_bytes
+                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            received_at: now,
+        },
+        spec,
+        typed,
+    });
+    // A concurrent ingest that stored some of the same messages first makes us start over.
+    for _ in 0..5 {
+        progress.set_position(0);
+        if let Some(report) = ingest_once(ws, files, options, &setup, progress, now).await? {
+            return Ok(report);
+        }
+    }
+    Err(Error::Other(
+        "events: gave up after 5 restarts caused by concurrent ingests of the same messages".into(),
+    ))
+}
+
+async fn ingest_once(
+    ws: &Workspace,
+    files: &[PathBuf],
+    options: &EventIngest,
+    setup: &Arc<ParseSetup>,
+    progress: &ProgressBar,
+    now: i64,
+) -> Result<Option<IngestReport>> {
+    let mut append =
+        Append::start(&ws.storage, &setup.spec, "message_id", KeyScope::PerDay).await?;
+    let mut report = IngestReport {
+        table: schema::EVENTS.into(),
+        files: files.len() as u64,
+        ..IngestReport::default()
+    };
+    let mut rejects: Vec<RejectedRow> = Vec::new();
+    for file in files {
+        let source = options.source.clone().unwrap_or_else(|| source_of(file));
+        let result = ingest_file(
+            file,
+            &source,
+            setup,
+            &mut append,
+            &mut report,
+            &mut rejects,
+            options.strict,
+            progress,
+        )
+        .await;
+        if let Err(e) = result {
+            append.abort().await;
+            return Err(e);
+        }
+        if options.strict && !rejects.is_empty() {
+            append.abort().await;
+            return Err(Error::StrictRejected {
+                rejected: rejects.len() as u64,
+                first: rejects[0].describe(),
+            });
+        }
+    }
+    let metadata = HashMap::from([
+        (
+            "tribe.operation".to_string(),
+            serde_json::json!("ingest events"),
+        ),
+        (
+            "tribe.files".to_string(),
+            serde_json::json!(files.iter().map(|f| file_label(f)).collect::<Vec<_>>()),
+        ),
+    ]);
+    match append.commit(metadata).await? {
+        CommitResult::Redo => return Ok(None),
+        CommitResult::Done(outcome) => {
+            report.inserted = outcome.inserted;
+            report.duplicates = outcome.duplicates;
+            report.version = outcome.version;
+        }
+    }
+    report.rejected = rejects.len() as u64;
+    report.accepted = report.read - report.rejected;
+    report.first_rejections = rejects
+        .iter()
+        .take(REPORTED_REJECTIONS)
+        .map(RejectedRow::describe)
+        .collect();
+    rejected::store(&ws.storage, &rejects, now).await?;
+    Ok(Some(report))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ingest_file(
+    file: &Path,
+    source: &str,
+    setup: &Arc<ParseSetup>,
+    append: &mut Append,
+    report: &mut IngestReport,
+    rejects: &mut Vec<RejectedRow>,
+    strict: bool,
+    progress: &ProgressBar,
+) -> Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Parsed>(2);
+    let reader = {
+        let file = file.to_path_buf();
+        let source = source.to_string();
+        let setup = setup.clone();
+        tokio::task::spawn_blocking(move || parse_file(&file, &source, &setup, tx))
+    };
+    while let Some(parsed) = rx.recv().await {
+        report.read += parsed.read;
+        progress.inc(parsed.input_bytes);
+        let had_rejects = !parsed.rejects.is_empty();
+        rejects.extend(parsed.rejects);
+        if strict && had_rejects {
+            break; // dropping the receiver stops the reader
+        }
+        let EventBatch { batch, hashes } = parsed.batch;
+        append.write(batch, &hashes).await?;
+    }
+    drop(rx);
+    match reader.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) if strict && !rejects.is_empty() => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(Error::Other(format!("reading {}: {e}", file.display()))),
+    }
+}
+
+/// Reads and parses one file on the blocking pool, a few chunks at a time in parallel, sending
+/// parsed chunks in file order.
+fn parse_file(
+    file: &Path,
+    source: &str,
+    setup: &ParseSetup,
+    tx: tokio::sync::mpsc::Sender<Parsed>,
+) -> Result<()> {
+    let label = file_label(file);
+    let kind = position_kind(file);
+    let width = rayon::current_num_threads().max(1) * 2;
+    let mut pending: Vec<Chunk> = Vec::with_capacity(width);
+    let send_all = |pending: &mut Vec<Chunk>| -> Result<()> {
+        let parsed: Vec<Parsed> = pending
+            .par_drain(..)
+            .map(|chunk| parse_chunk(&chunk, source, &label, kind, setup))
+            .collect();
+        for p in parsed {
+            tx.blocking_send(p)
+                .map_err(|_| Error::Other("ingest stopped".into()))?;
+        }
+        Ok(())
+    };
+    read_chunks(file, |chunk| {
+        pending.push(chunk);
+        if pending.len() >= width {
+            send_all(&mut pending)?;
+        }
+        Ok(())
+    })?;
+    send_all(&mut pending)
+}
+
+fn parse_chunk(
+    chunk: &Chunk,
+    source: &str,
+    label: &str,
+    kind: super::input::PositionKind,
+    setup: &ParseSetup,
+) -> Parsed {
+    let mut builder = EventBatchBuilder::new(setup.spec.schema.clone(), &setup.typed);
+    let mut rejects = Vec::new();
+    let mut read = 0;
+    for (position, line) in chunk.lines() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        read += 1;
+        let outcome = match std::str::from_utf8(line) {
+            Ok(text) => parse_message(text, &setup.rules).map(|row| builder.push(&row, source)),
+            Err(e) => Err(super::message::Rejection::new(
+                None,
+                format!("invalid UTF-8: {e}"),
+            )),
+        };
+        if let Err(rejection) = outcome {
+            rejects.push(RejectedRow {
+                stage: "ingest events",
+                source: source.to_string(),
+                file: label.to_string(),
+                position: Some(position),
+                position_kind: kind,
+                field: rejection.field,
+                reason: rejection.reason,
+                raw: Some(raw_excerpt(line)),
+            });
+        }
+    }
+    Parsed {
+        batch: builder.finish(),
+        rejects,
+        read,
+        input_bytes: chunk.input_bytes,
+    }
+}
+
+/// The default source name of a file: its name without extensions (`web.jsonl` → `web`).
+pub fn source_of(file: &Path) -> String {
+    file.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('.').next())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("file")
+        .to_string()
+}

@@ -1,0 +1,19 @@
+//! tribe: the analytical core of a customer data platform. Events and records are ingested into
+//! Delta Lake tables on object storage and queried with DataFusion.
+//!
+//! Modules follow the pipeline: `config` and `workspace` (where things are), `storage` (tables
+//! and commits), `ingest` (events and records in), `sql` and `output` (queries out), `maintain`
+//! (compaction and clean-up), `demo` (generated workspaces).
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod ingest;
+pub mod maintain;
+pub mod output;
+pub mod sql;
+pub mod storage;
+pub mod workspace;
+
+pub use error::{Error, Result};
+pub use workspace::Workspace;

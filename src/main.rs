@@ -1,0 +1,8 @@
+//! The `tribe` command line. Parses flags, opens the workspace, calls the library, prints.
+//! Errors are rendered here, as one line on stderr.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,0 +1,106 @@
+//! `tribe maintain`: keeps tables fast and storage lean. Compaction rewrites the many small files
+//! that frequent ingests leave into files near the target size (a change of layout, not of data,
+//! so it never conflicts with concurrent ingests); vacuum then deletes files no table version
+//! within the retention period needs, including files of ingests that crashed before committing.
+
+use std::num::NonZeroU64;
+
+use deltalake::operations::vacuum::VacuumMode;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::sql::known_tables;
+use crate::storage::{TARGET_FILE_SIZE, TableSpec, writer_properties};
+use crate::workspace::Workspace;
+
+/// What maintenance did to one table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MaintainReport {
+    pub table: String,
+    pub files_before: u64,
+    pub files_after: u64,
+    /// Small files rewritten by compaction.
+    pub files_compacted: u64,
+    /// New files compaction wrote.
+    pub files_written: u64,
+    /// Files deleted from storage by vacuum.
+    pub files_vacuumed: u64,
+    pub version: i64,
+}
+
+/// Options of a maintenance run.
+#[derive(Debug, Clone, Default)]
+pub struct MaintainOptions {
+    /// Only these tables (default: all).
+    pub tables: Vec<String>,
+    /// Keep unreferenced files younger than this (default: the workspace setting).
+    pub retention_hours: Option<u64>,
+    /// Skip compaction, only vacuum.
+    pub vacuum_only: bool,
+}
+
+/// Compacts and vacuums the workspace's tables.
+pub async fn maintain(ws: &Workspace, options: &MaintainOptions) -> Result<Vec<MaintainReport>> {
+    let known = known_tables(ws);
+    for wanted in &options.tables {
+        if !known.iter().any(|(n, _)| n == wanted) {
+            return Err(Error::Input(format!("no table named {wanted:?}")));
+        }
+    }
+    let retention = options
+        .retention_hours
+        .unwrap_or(ws.config.workspace.vacuum_retention_hours);
+    let mut reports = Vec::new();
+    for (name, path) in known {
+        if !options.tables.is_empty() && !options.tables.contains(&name) {
+            continue;
+        }
+        let spec = TableSpec {
+            name: name.clone(),
+            path,
+            schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
+            partition_columns: vec![],
+        };
+        let Some(table) = ws.storage.open(&spec).await? else {
+            continue;
+        };
+        let files_before = file_count(&table);
+        let (mut table, compacted, written) = if options.vacuum_only {
+            (table, 0, 0)
+        } else {
+            let (table, metrics) = table
+                .optimize()
+                .with_target_size(NonZeroU64::new(TARGET_FILE_SIZE).expect("non-zero"))
+                .with_writer_properties(writer_properties())
+                .await
+                .map_err(|e| Error::delta(&name, e))?;
+            (table, metrics.num_files_removed, metrics.num_files_added)
+        };
+        let (vacuumed_table, vacuum) = table
+            .clone()
+            .vacuum()
+            .with_retention_period(chrono::Duration::hours(retention as i64))
+            .with_enforce_retention_duration(false)
+            .with_mode(VacuumMode::Full)
+            .await
+            .map_err(|e| Error::delta(&name, e))?;
+        table = vacuumed_table;
+        reports.push(MaintainReport {
+            table: name,
+            files_before,
+            files_after: file_count(&table),
+            files_compacted: compacted,
+            files_written: written,
+            files_vacuumed: vacuum.files_deleted.len() as u64,
+            version: table.version().map_or(-1, |v| v as i64),
+        });
+    }
+    Ok(reports)
+}
+
+fn file_count(table: &deltalake::DeltaTable) -> u64 {
+    table
+        .snapshot()
+        .map(|s| s.log_data().num_files() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,206 @@
+//! Printing results for people and programs: `--format table|csv|json` for query results and
+//! for command reports. Query results stream batch by batch in csv and json; the table format
+//! shows at most [`TABLE_ROW_LIMIT`] rows, like an interactive SQL shell does.
+
+use std::io::Write;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// How a command prints data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum OutputFormat {
+    /// Aligned columns for reading.
+    #[default]
+    Table,
+    /// Comma-separated values with a header line.
+    Csv,
+    /// JSON: an array of objects for results, an object for reports.
+    Json,
+}
+
+/// Rows the table format prints before it stops and says how many more there were.
+pub const TABLE_ROW_LIMIT: usize = 10_000;
+
+/// Prints a query result. Returns the number of rows.
+pub async fn print_stream(
+    mut stream: SendableRecordBatchStream,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let mut rows = 0u64;
+    match format {
+        OutputFormat::Table => {
+            let mut shown: Vec<RecordBatch> = Vec::new();
+            let mut shown_rows = 0usize;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                if shown_rows < TABLE_ROW_LIMIT {
+                    let take = batch.num_rows().min(TABLE_ROW_LIMIT - shown_rows);
+                    shown_rows += take;
+                    shown.push(batch.slice(0, take));
+                }
+            }
+            if shown.is_empty() {
+                shown.push(RecordBatch::new_empty(stream.schema()));
+            }
+            let text = arrow::util::pretty::pretty_format_batches(&shown)?;
+            writeln!(out, "{text}").map_err(io)?;
+            let more = rows - shown_rows as u64;
+            if more > 0 {
+                writeln!(
+                    out,
+                    "({rows} rows; {more} not shown: use --format csv or json for all)"
+                )
+                .map_err(io)?;
+            } else {
+                writeln!(out, "({rows} row{})", if rows == 1 { "" } else { "s" }).map_err(io)?;
+            }
+        }
+        OutputFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
+            let mut wrote = false;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                writer.write(&batch)?;
+                wrote = true;
+            }
+            if !wrote {
+                writer.write(&RecordBatch::new_empty(stream.schema()))?;
+            }
+        }
+        OutputFormat::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(&mut *out);
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                writer.write(&batch)?;
+            }
+            writer.finish()?;
+            if rows == 0 {
+                write!(out, "[]").map_err(io)?;
+            }
+            writeln!(out).map_err(io)?;
+        }
+    }
+    out.flush().map_err(io)?;
+    Ok(rows)
+}
+
+/// Prints a list of records (a report's rows) in the chosen format.
+pub fn print_rows<T: Serialize>(
+    rows: &[T],
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let values: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::to_value(r).map_err(|e| Error::Other(e.to_string())))
+        .collect::<Result<_>>()?;
+    match format {
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut *out, &values)
+                .map_err(|e| Error::Other(e.to_string()))?;
+            writeln!(out).map_err(io)?;
+        }
+        OutputFormat::Csv | OutputFormat::Table => {
+            let columns: Vec<String> = match values.first() {
+                Some(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+                _ => vec![],
+            };
+            let cells: Vec<Vec<String>> = values
+                .iter()
+                .map(|v| columns.iter().map(|c| cell_text(&v[c])).collect())
+                .collect();
+            if format == OutputFormat::Csv {
+                let mut w = csv::Writer::from_writer(&mut *out);
+                w.write_record(&columns)
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                for row in &cells {
+                    w.write_record(row)
+                        .map_err(|e| Error::Other(e.to_string()))?;
+                }
+                w.flush().map_err(io)?;
+            } else {
+                write_aligned(&columns, &cells, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints one report: an object in JSON, `key: value` lines as a table, a one-row CSV.
+pub fn print_report<T: Serialize>(
+    report: &T,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<()> {
+    match format {
+        OutputFormat::Table => {
+            let value = serde_json::to_value(report).map_err(|e| Error::Other(e.to_string()))?;
+            if let serde_json::Value::Object(map) = value {
+                let width = map.keys().map(String::len).max().unwrap_or(0);
+                for (k, v) in map {
+                    match v {
+                        serde_json::Value::Array(items) if !items.is_empty() => {
+                            writeln!(out, "{k:width$}:").map_err(io)?;
+                            for item in items {
+                                writeln!(out, "  {}", cell_text(&item)).map_err(io)?;
+                            }
+                        }
+                        v => writeln!(out, "{k:width$}: {}", cell_text(&v)).map_err(io)?,
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => print_rows(std::slice::from_ref(report), format, out),
+    }
+}
+
+fn cell_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => {
+            items.iter().map(cell_text).collect::<Vec<_>>().join("; ")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn write_aligned(columns: &[String], rows: &[Vec<String>], out: &mut dyn Write) -> Result<()> {
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    writeln!(out, "{}", line(columns)).map_err(io)?;
+    for row in rows {
+        writeln!(out, "{}", line(row)).map_err(io)?;
+    }
+    Ok(())
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::io("<output>", e)
+}

@@ -1,0 +1,99 @@
+//! SQL over the workspace: a DataFusion session with every table of the workspace registered,
+//! JSON functions for the JSON text columns, and a memory pool that spills to disk instead of
+//! growing without bound. It runs queries; printing them is `output`'s job.
+
+use std::sync::Arc;
+
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::error::{Error, Result};
+use crate::storage::{TableSpec, schema};
+use crate::workspace::Workspace;
+
+/// A table visible to SQL and where it is stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableInfo {
+    pub name: String,
+    pub url: String,
+    pub version: i64,
+    pub files: u64,
+}
+
+/// Every table the workspace may hold, by SQL name and storage folder.
+pub fn known_tables(ws: &Workspace) -> Vec<(String, String)> {
+    let mut tables = vec![
+        (schema::EVENTS.to_string(), schema::EVENTS.to_string()),
+        (schema::REJECTED.to_string(), schema::REJECTED.to_string()),
+    ];
+    for name in ws.config.records.keys() {
+        tables.push((name.clone(), format!("records/{name}")));
+    }
+    // Tables of later stages live directly under the root under their own names.
+    for name in schema::RESERVED_TABLES {
+        if !tables.iter().any(|(n, _)| n == name) {
+            tables.push((name.to_string(), name.to_string()));
+        }
+    }
+    tables
+}
+
+/// A session over the workspace, with every existing table registered.
+pub async fn session(ws: &Workspace) -> Result<(SessionContext, Vec<TableInfo>)> {
+    let ctx = new_context(ws.config.workspace.memory_limit_mb)?;
+    let mut infos = Vec::new();
+    for (name, path) in known_tables(ws) {
+        let spec = TableSpec {
+            name: name.clone(),
+            path,
+            schema: Arc::new(arrow::datatypes::Schema::empty()),
+            partition_columns: vec![],
+        };
+        let Some(table) = ws.storage.open(&spec).await? else {
+            continue;
+        };
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| Error::delta(&name, e))?;
+        let provider = table.table_provider().await?;
+        ctx.register_table(name.as_str(), provider)?;
+        let files = table
+            .snapshot()
+            .map(|s| s.log_data().num_files() as u64)
+            .unwrap_or(0);
+        infos.push(TableInfo {
+            name,
+            url: table.table_url().to_string(),
+            version: table.version().map_or(-1, |v| v as i64),
+            files,
+        });
+    }
+    Ok((ctx, infos))
+}
+
+/// A DataFusion context with tribe's settings: all cores, a spilling memory pool of
+/// `memory_mb`, filters pushed into Parquet scans, JSON functions.
+pub fn new_context(memory_mb: usize) -> Result<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(
+            memory_mb.max(64) * 1024 * 1024,
+        )))
+        .build_arc()?;
+    let mut config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let options = config.options_mut();
+    options.execution.parquet.pushdown_filters = true;
+    options.execution.parquet.reorder_filters = true;
+    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    datafusion_functions_json::register_all(&mut ctx)?;
+    Ok(ctx)
+}
+
+/// Runs one SQL statement and streams its result.
+pub async fn run(ctx: &SessionContext, query: &str) -> Result<SendableRecordBatchStream> {
+    let df = ctx.sql(query).await?;
+    Ok(df.execute_stream().await?)
+}

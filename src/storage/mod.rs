@@ -1,0 +1,306 @@
+//! Storage: the workspace's root URL and the Delta Lake tables under it. Every stage reads and
+//! writes tables through this module: opening, creating, writing Parquet files and committing
+//! them atomically. It knows nothing of what the tables mean (see `schema` for their shapes).
+
+pub mod append;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, StructType};
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// The storage root of a workspace: a URL plus the options object_store reads from it and from
+/// the standard environment variables (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, keys, region, ...).
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: Url,
+    options: HashMap<String, String>,
+}
+
+/// A table's fixed shape: where it lives under the root, its columns and partitioning.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// Name in SQL and in messages.
+    pub name: String,
+    /// Folder below the storage root.
+    pub path: String,
+    pub schema: SchemaRef,
+    pub partition_columns: Vec<String>,
+}
+
+/// Why a commit did not happen; a conflict means "read again and retry".
+#[derive(Debug)]
+pub enum CommitFailure {
+    /// A concurrent writer added data this commit had read; redo the work on the new version.
+    Conflict,
+    Failed(Error),
+}
+
+impl Storage {
+    /// Resolves a storage setting: a URL (`s3://`, `gs://`, `az://`, `file://`, `memory://`) or a
+    /// folder, relative to the workspace folder.
+    pub fn resolve(workspace_dir: &Path, spec: &str) -> Result<Storage> {
+        let bad = |message: String| Error::StorageUrl {
+            url: spec.to_string(),
+            message,
+        };
+        let spec = spec.trim();
+        if spec.is_empty() {
+            return Err(bad("empty".into()));
+        }
+        let root = if spec.contains("://") {
+            let url = Url::parse(spec).map_err(|e| bad(e.to_string()))?;
+            match url.scheme() {
+                "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure" | "file" | "memory" => {}
+                other => {
+                    return Err(bad(format!(
+                        "unsupported scheme {other:?} (use a folder, s3://, gs://, az:// or file://)"
+                    )));
+                }
+            }
+            if url.scheme() != "file" && url.scheme() != "memory" && url.host_str().is_none() {
+                return Err(bad("the URL names no bucket or container".into()));
+            }
+            url
+        } else {
+            let path = workspace_dir.join(spec);
+            std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            let path = path.canonicalize().map_err(|e| Error::io(&path, e))?;
+            Url::from_directory_path(&path).map_err(|_| bad("not an absolute path".into()))?
+        };
+        Ok(Storage {
+            root: with_trailing_slash(root),
+            options: HashMap::new(),
+        })
+    }
+
+    /// The root URL.
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// The URL of a table folder below the root.
+    pub fn table_url(&self, path: &str) -> Result<Url> {
+        self.root
+            .join(&format!("{}/", path.trim_matches('/')))
+            .map_err(|e| Error::StorageUrl {
+                url: self.root.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    fn builder(&self, spec: &TableSpec) -> Result<DeltaTableBuilder> {
+        let url = self.table_url(&spec.path)?;
+        Ok(DeltaTableBuilder::from_url(url)
+            .map_err(|e| Error::delta(&spec.name, e))?
+            .with_storage_options(self.options.clone()))
+    }
+
+    /// Opens a table at its latest version; `None` when it has never been written.
+    pub async fn open(&self, spec: &TableSpec) -> Result<Option<DeltaTable>> {
+        let mut table = self
+            .builder(spec)?
+            .build()
+            .map_err(|e| Error::delta(&spec.name, e))?;
+        match table.load().await {
+            Ok(()) => Ok(Some(table)),
+            Err(DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) => Err(Error::delta(&spec.name, e)),
+        }
+    }
+
+    /// Opens a table, creating it empty when it does not exist yet. Two processes creating the
+    /// same table at once both end up with the one that won.
+    pub async fn open_or_create(&self, spec: &TableSpec) -> Result<DeltaTable> {
+        if let Some(table) = self.open(spec).await? {
+            return Ok(table);
+        }
+        let schema: StructType = spec
+            .schema
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| Error::delta(&spec.name, e.into()))?;
+        let table = self
+            .builder(spec)?
+            .build()
+            .map_err(|e| Error::delta(&spec.name, e))?;
+        let created = deltalake::operations::create::CreateBuilder::new()
+            .with_log_store(table.log_store())
+            .with_table_name(spec.name.clone())
+            .with_columns(schema.fields().cloned())
+            .with_partition_columns(spec.partition_columns.clone())
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        match created {
+            Ok(_) => {}
+            // Lost a creation race: the winner's table is as good as ours.
+            Err(DeltaTableError::Transaction {
+                source: TransactionError::VersionAlreadyExists(_),
+            }) => {}
+            Err(e) => return Err(Error::delta(&spec.name, e)),
+        }
+        self.open(spec).await?.ok_or_else(|| {
+            Error::Other(format!(
+                "table {} was created but cannot be opened",
+                spec.name
+            ))
+        })
+    }
+
+    /// Commits written files in one atomic table version. `read_predicate` (SQL over partition
+    /// columns) names the data this commit's work depended on: if another writer committed files
+    /// matching it since `table` was loaded, the commit fails with [`CommitFailure::Conflict`].
+    pub async fn commit(
+        &self,
+        table: &mut DeltaTable,
+        actions: Vec<Action>,
+        read_predicate: Option<String>,
+        metadata: HashMap<String, serde_json::Value>,
+    ) -> std::result::Result<i64, CommitFailure> {
+        let name = table_name(table);
+        let snapshot = table
+            .snapshot()
+            .map_err(|e| CommitFailure::Failed(Error::delta(&name, e)))?;
+        let partition_by = {
+            let cols = snapshot.metadata().partition_columns().to_vec();
+            (!cols.is_empty()).then_some(cols)
+        };
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by,
+            predicate: read_predicate,
+        };
+        let result = CommitBuilder::from(CommitProperties::default().with_metadata(metadata))
+            .with_actions(actions)
+            .build(Some(snapshot), table.log_store(), operation)
+            .await;
+        match result {
+            Ok(done) => {
+                let version = done.version();
+                // Reload rather than keep the returned state: the caller reads from `table` next.
+                table
+                    .update_state()
+                    .await
+                    .map_err(|e| CommitFailure::Failed(Error::delta(&name, e)))?;
+                Ok(version as i64)
+            }
+            Err(DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_),
+            }) => Err(CommitFailure::Conflict),
+            Err(e) => Err(CommitFailure::Failed(Error::delta(&name, e))),
+        }
+    }
+
+    /// Adds the columns of `spec` that an existing table lacks (a newly declared property or
+    /// record column). Existing columns are never changed or dropped.
+    pub async fn evolve(&self, spec: &TableSpec) -> Result<()> {
+        let Some(table) = self.open(spec).await? else {
+            return Ok(());
+        };
+        let current = table_schema(&table)?;
+        let missing: Vec<arrow::datatypes::Field> = spec
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| current.field_with_name(f.name()).is_err())
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let missing = arrow::datatypes::Schema::new(missing);
+        let fields: StructType = (&missing)
+            .try_into_kernel()
+            .map_err(|e| Error::delta(&spec.name, e.into()))?;
+        table
+            .add_columns()
+            .with_fields(fields.fields().cloned().collect::<Vec<_>>())
+            .await
+            .map_err(|e| Error::delta(&spec.name, e))?;
+        Ok(())
+    }
+
+    /// Sets storage options explicitly (tests, or settings beyond the environment).
+    pub fn with_options(mut self, options: HashMap<String, String>) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// Data files aim at this size; `maintain` compacts small ones up to it.
+pub const TARGET_FILE_SIZE: u64 = 128 * 1024 * 1024;
+
+/// Parquet settings for every data file: zstd at a fast level, and page statistics so that
+/// filters on timestamps and ids skip data.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build()
+}
+
+fn table_name(table: &DeltaTable) -> String {
+    table
+        .table_url()
+        .path_segments()
+        .and_then(|s| s.filter(|p| !p.is_empty()).next_back())
+        .unwrap_or("table")
+        .to_string()
+}
+
+fn with_trailing_slash(mut url: Url) -> Url {
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    url
+}
+
+/// The Arrow schema of a table as Delta stores it.
+pub fn table_schema(table: &DeltaTable) -> Result<SchemaRef> {
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| Error::delta(&table_name(table), e))?;
+    Ok(snapshot.snapshot().arrow_schema())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_resolve_against_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::resolve(dir.path(), "data").unwrap();
+        assert_eq!(s.root().scheme(), "file");
+        assert!(s.root().path().ends_with("/data/"));
+        let t = s.table_url("records/crm").unwrap();
+        assert!(t.path().ends_with("/data/records/crm/"));
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::resolve(dir.path(), "s3://bucket/prefix").unwrap();
+        assert_eq!(s.root().as_str(), "s3://bucket/prefix/");
+        for bad in ["ftp://x/y", "s3:///nobucket", "", "not a url://x"] {
+            assert!(
+                Storage::resolve(dir.path(), bad).is_err(),
+                "{bad} should be rejected"
+            );
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The shapes of the tables ingestion writes: `events`, `rejected` and one table per record
+//! source. Later stages define their own tables next to their code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+use crate::config::{Config, RecordSource, ValueType};
+use crate::storage::TableSpec;
+
+/// Name and folder of the events table.
+pub const EVENTS: &str = "events";
+/// Name and folder of the table of rejected input rows.
+pub const REJECTED: &str = "rejected";
+/// Prefix of typed property columns in `events` (`prop_revenue`).
+pub const PROP_PREFIX: &str = "prop_";
+/// The partition column of `events`: the UTC day of `timestamp`.
+pub const DAY: &str = "day";
+
+/// Table names no record source may take, because tribe's own tables use them.
+pub const RESERVED_TABLES: &[&str] = &[
+    "events",
+    "rejected",
+    "profiles",
+    "identities",
+    "profile_merges",
+    "profile_events",
+    "traits",
+    "segment_members",
+    "export_runs",
+    "privacy_log",
+];
+
+/// Properties of the Segment e-commerce and page specs that always get typed columns.
+pub const DEFAULT_PROPERTIES: &[(&str, ValueType)] = &[
+    ("revenue", ValueType::Double),
+    ("total", ValueType::Double),
+    ("value", ValueType::Double),
+    ("price", ValueType::Double),
+    ("quantity", ValueType::Long),
+    ("currency", ValueType::String),
+    ("order_id", ValueType::String),
+    ("product_id", ValueType::String),
+    ("sku", ValueType::String),
+    ("category", ValueType::String),
+    ("url", ValueType::String),
+    ("path", ValueType::String),
+    ("referrer", ValueType::String),
+    ("title", ValueType::String),
+];
+
+/// A timestamp column type: microseconds, UTC.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The typed properties of a workspace: defaults plus those declared in the config, by name.
+pub fn typed_properties(config: &Config) -> BTreeMap<String, ValueType> {
+    let mut props: BTreeMap<String, ValueType> = DEFAULT_PROPERTIES
+        .iter()
+        .map(|(n, t)| (n.to_string(), *t))
+        .collect();
+    props.extend(config.events.properties.clone());
+    props
+}
+
+/// The `events` table: one row per Segment message, partitioned by UTC day.
+pub fn events(config: &Config) -> TableSpec {
+    let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+    let mut fields = vec![
+        text("message_id", false),
+        text("type", false),
+        text("event", true),
+        text("name", true),
+        text("user_id", true),
+        text("anonymous_id", true),
+        text("previous_id", true),
+        text("group_id", true),
+        Field::new("timestamp", timestamp_type(), false),
+        Field::new("received_at", timestamp_type(), false),
+        Field::new("sent_at", timestamp_type(), true),
+        text("source", false),
+    ];
+    for (name, ty) in typed_properties(config) {
+        fields.push(Field::new(format!("{PROP_PREFIX}{name}"), ty.arrow(), true));
+    }
+    fields.extend([
+        text("properties", true),
+        text("traits", true),
+        text("context", true),
+        text("integrations", true),
+        Field::new(DAY, DataType::Date32, false),
+    ]);
+    TableSpec {
+        name: EVENTS.into(),
+        path: EVENTS.into(),
+        schema: Arc::new(Schema::new(fields)),
+        partition_columns: vec![DAY.into()],
+    }
+}
+
+/// The `rejected` table: input rows a stage refused, with where they came from and why.
+pub fn rejected() -> TableSpec {
+    let fields = vec![
+        Field::new("reject_id", DataType::Utf8, false),
+        Field::new("stage", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("file", DataType::Utf8, false),
+        Field::new("line", DataType::Int64, true),
+        Field::new("field", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, true),
+        Field::new("rejected_at", timestamp_type(), false),
+    ];
+    TableSpec {
+        name: REJECTED.into(),
+        path: REJECTED.into(),
+        schema: Arc::new(Schema::new(fields)),
+        partition_columns: vec![],
+    }
+}
+
+/// Bookkeeping columns every record table starts with.
+pub const RECORD_META: &[&str] = &["_record_id", "_file", "_line", "_ingested_at"];
+
+/// A record source's table: bookkeeping columns, then the source's columns in the order given
+/// (typed as the config says, text otherwise).
+pub fn records(name: &str, source: &RecordSource, columns: &[String]) -> TableSpec {
+    let mut fields = vec![
+        Field::new("_record_id", DataType::Utf8, false),
+        Field::new("_file", DataType::Utf8, false),
+        Field::new("_line", DataType::Int64, false),
+        Field::new("_ingested_at", timestamp_type(), false),
+    ];
+    for column in columns {
+        let ty = source
+            .columns
+            .get(column)
+            .map(|t| t.arrow())
+            .unwrap_or(DataType::Utf8);
+        fields.push(Field::new(column, ty, true));
+    }
+    TableSpec {
+        name: name.into(),
+        path: format!("records/{name}"),
+        schema: Arc::new(Schema::new(fields)),
+        partition_columns: vec![],
+    }
+}
