@@ -85,9 +85,6 @@ pub async fn print_stream(
                 writer.write(&batch)?;
             }
             writer.finish()?;
-            if rows == 0 {
-                write!(out, "[]").map_err(io)?;
-            }
             writeln!(out).map_err(io)?;
         }
     }
@@ -145,9 +142,10 @@ pub fn print_report<T: Serialize>(
 ) -> Result<()> {
     match format {
         OutputFormat::Table => {
-            let value = serde_json::to_value(report).map_err(|e| Error::Other(e.to_string()))?;
-            if let serde_json::Value::Object(map) = value {
-                let width = map.keys().map(String::len).max().unwrap_or(0);
+            // Through text, to keep the struct's field order (a JSON map would sort the keys).
+            let text = serde_json::to_string(report).map_err(|e| Error::Other(e.to_string()))?;
+            if let Ok(Ordered(map)) = serde_json::from_str::<Ordered>(&text) {
+                let width = map.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
                 for (k, v) in map {
                     match v {
                         serde_json::Value::Array(items) if !items.is_empty() => {
@@ -163,6 +161,32 @@ pub fn print_report<T: Serialize>(
             Ok(())
         }
         _ => print_rows(std::slice::from_ref(report), format, out),
+    }
+}
+
+/// A JSON object's fields in the order they were written.
+struct Ordered(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Ordered, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    fields.push(entry);
+                }
+                Ok(Ordered(fields))
+            }
+        }
+        d.deserialize_map(Fields)
     }
 }
 

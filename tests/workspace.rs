@@ -77,7 +77,11 @@ fn clear_errors_without_panics() {
     );
     expect_error(&["ingest", "events", "x.xlsx"], None, "unknown file type");
     expect_error(&["sql", "select * from nowhere"], None, "nowhere");
-    expect_error(&["init", "--storage", "s3://"], None, "bad storage URL");
+    expect_error(
+        &["init", "fresh", "--storage", "s3://"],
+        None,
+        "bad storage URL",
+    );
     let out = run(tribe(dir.path()).args(["sql", "--format", "xml", "select 1"]));
     assert_eq!(out.status.code(), Some(2));
 }
@@ -224,7 +228,8 @@ fn tables_are_readable_by_another_delta_reader() {
         "from deltalake import DeltaTable\n\
          t = DeltaTable('{}')\n\
          d = t.to_pyarrow_table()\n\
-         print(d.num_rows, sum(d.column('prop_revenue').to_pylist()), sorted(t.metadata().partition_columns))",
+         print(d.num_rows, sum(d.column('prop_revenue').to_pylist()), sorted(t.metadata().partition_columns))\n\
+         import os, sys; sys.stdout.flush(); os._exit(0)",
         dir.join("data/events").display()
     );
     let out = std::process::Command::new(python())

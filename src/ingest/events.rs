@@ -52,10 +52,10 @@ pub async fn ingest_events(
     progress: &ProgressBar,
 ) -> Result<IngestReport> {
     for file in files {
+        super::input::Format::of(file)?;
         if !file.is_file() {
             return Err(Error::Input(format!("{}: no such file", file.display())));
         }
-        super::input::Format::of(file)?;
     }
     let spec = schema::events(&ws.config);
     ws.storage.evolve(&spec).await?;

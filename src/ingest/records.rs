@@ -65,6 +65,7 @@ pub async fn ingest_records(
     })?;
     let mut inputs = Vec::new();
     for file in files {
+        Format::of(file)?;
         if !file.is_file() {
             return Err(Error::Input(format!("{}: no such file", file.display())));
         }

@@ -71,10 +71,12 @@ pub async fn store(
     rows: &[RejectedRow],
     now_micros: i64,
 ) -> Result<Option<i64>> {
+    let spec = schema::rejected();
     if rows.is_empty() {
+        // The table exists after any ingest, so that looking for rejections always works.
+        storage.open_or_create(&spec).await?;
         return Ok(None);
     }
-    let spec = schema::rejected();
     for _ in 0..5 {
         let mut append =
             Append::start(storage, &spec, "reject_id", KeyScope::Column("file")).await?;

@@ -109,13 +109,19 @@ impl Storage {
 
     /// Opens a table at its latest version; `None` when it has never been written.
     pub async fn open(&self, spec: &TableSpec) -> Result<Option<DeltaTable>> {
+        let url = self.table_url(&spec.path)?;
+        if let Ok(dir) = url.to_file_path()
+            && !dir.join("_delta_log").is_dir()
+        {
+            return Ok(None);
+        }
         let mut table = self
             .builder(spec)?
             .build()
             .map_err(|e| Error::delta(&spec.name, e))?;
         match table.load().await {
             Ok(()) => Ok(Some(table)),
-            Err(DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) if is_missing_table(&e) => Ok(None),
             Err(e) => Err(Error::delta(&spec.name, e)),
         }
     }
@@ -142,13 +148,12 @@ impl Storage {
             .with_partition_columns(spec.partition_columns.clone())
             .with_save_mode(SaveMode::Ignore)
             .await;
-        match created {
-            Ok(_) => {}
-            // Lost a creation race: the winner's table is as good as ours.
-            Err(DeltaTableError::Transaction {
-                source: TransactionError::VersionAlreadyExists(_),
-            }) => {}
-            Err(e) => return Err(Error::delta(&spec.name, e)),
+        if let Err(e) = created {
+            // Lost a creation race to another process: the winner's table is as good as ours.
+            return match self.open(spec).await? {
+                Some(table) => Ok(table),
+                None => Err(Error::delta(&spec.name, e)),
+            };
         }
         self.open(spec).await?.ok_or_else(|| {
             Error::Other(format!(
@@ -235,6 +240,15 @@ impl Storage {
     pub fn with_options(mut self, options: HashMap<String, String>) -> Self {
         self.options = options;
         self
+    }
+}
+
+/// Whether a load failed only because no table has been written there yet (a missing folder on a
+/// local disk, no `_delta_log` on object storage).
+fn is_missing_table(e: &DeltaTableError) -> bool {
+    match e {
+        DeltaTableError::NotATable(_) | DeltaTableError::InvalidTableLocation(_) => true,
+        _ => false,
     }
 }
 
