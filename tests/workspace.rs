@@ -309,3 +309,36 @@ fn a_killed_ingest_leaves_the_old_version_and_a_rerun_completes() {
     assert_eq!(events["files_after"], events["files_before"], "{out}");
     assert_eq!(sql_count(dir, "select count(*) from events"), 400_001);
 }
+
+#[test]
+fn interactive_shell_reads_statements_until_quit() {
+    use std::io::Write;
+    let ws = workspace(Backend::Local, "");
+    let mut child = tribe(ws.path())
+        .args(["sql", "--format", "csv"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A statement over two lines, one with an error, then one more; .quit ends the session.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"select 40 +\n 2 as x;\nselect * from nowhere;\nselect 'b' as y;\n.quit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("x\n42\n"), "{stdout}");
+    assert!(
+        stdout.contains("y\nb\n"),
+        "an error does not end the session: {stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
+    assert!(
+        ws.path().join(".tribe_history").is_file(),
+        "history is kept"
+    );
+}

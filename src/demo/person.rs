@@ -169,7 +169,7 @@ fn plan_of(seed: u64, p: u64, days: u32, as_of: i64) -> Plan {
 
 /// Whether person `p` (even) shares a web device with person `p + 1`.
 fn shares_device(seed: u64, p: u64) -> bool {
-    p % 2 == 0 && rng_for(seed, p, "household").random_bool(0.01)
+    p.is_multiple_of(2) && rng_for(seed, p, "household").random_bool(0.01)
 }
 
 fn device_id(seed: u64, p: u64, kind: &str, n: u32) -> String {
@@ -283,7 +283,7 @@ pub fn generate(seed: u64, p: u64, _people: u64, days: u32, as_of: i64) -> Gener
         .map(|n| device_id(seed, p, "web", n))
         .collect();
     let app_device = plan.app_user.then(|| device_id(seed, p, "app", 0));
-    let shared = if p % 2 == 1 && shares_device(seed, p - 1) {
+    let shared = if !p.is_multiple_of(2) && shares_device(seed, p - 1) {
         let owner = plan_of(seed, p - 1, days, as_of);
         match (owner.signup_at, plan.signup_at) {
             (Some(a), Some(b)) => Some((device_id(seed, p - 1, "web", 0), a.max(b) + DAY)),

@@ -13,7 +13,7 @@ use super::batch::{EventBatch, EventBatchBuilder};
 use super::input::{Chunk, position_kind, read_chunks};
 use super::message::{DEFAULT_MAX_MESSAGE_BYTES, ParseRules, parse_message};
 use super::rejected::{RejectedRow, file_label, raw_excerpt};
-use super::{IngestReport, REPORTED_REJECTIONS, rejected};
+use super::{IngestReport, rejected};
 use crate::config::ValueType;
 use crate::error::{Error, Result};
 use crate::storage::append::{Append, CommitResult, KeyScope};
@@ -140,19 +140,8 @@ async fn ingest_once(
     ]);
     match append.commit(metadata).await? {
         CommitResult::Redo => return Ok(None),
-        CommitResult::Done(outcome) => {
-            report.inserted = outcome.inserted;
-            report.duplicates = outcome.duplicates;
-            report.version = outcome.version;
-        }
+        CommitResult::Done(outcome) => report.complete(&outcome, &rejects),
     }
-    report.rejected = rejects.len() as u64;
-    report.accepted = report.read - report.rejected;
-    report.first_rejections = rejects
-        .iter()
-        .take(REPORTED_REJECTIONS)
-        .map(RejectedRow::describe)
-        .collect();
     rejected::store(&ws.storage, &rejects, now).await?;
     Ok(Some(report))
 }

@@ -260,11 +260,12 @@ pub fn csv_row_to_json(headers: &csv::StringRecord, record: &csv::StringRecord) 
 /// A CSV cell as JSON: canonical numbers and booleans as such, everything else as text (so
 /// that `01234` stays a code, not a number).
 fn csv_value(value: &str) -> Value {
-    let canonical_number = value.parse::<f64>().is_ok_and(f64::is_finite)
-        && !value.starts_with('+')
-        && !(value.len() > 1 && value.starts_with('0') && !value.starts_with("0."))
-        && !value.starts_with("-0")
-        && !value.contains(['e', 'E', ' ']);
+    let leading_zero = value.len() > 1 && value.starts_with('0') && !value.starts_with("0.");
+    let odd_form = value.starts_with('+')
+        || value.starts_with("-0")
+        || leading_zero
+        || value.contains(['e', 'E', ' ']);
+    let canonical_number = !odd_form && value.parse::<f64>().is_ok_and(f64::is_finite);
     if canonical_number && let Ok(n) = serde_json::from_str::<serde_json::Number>(value) {
         return Value::Number(n);
     }
@@ -288,11 +289,7 @@ fn read_parquet(path: &Path, file: File, each: &mut impl FnMut(Chunk) -> Result<
         let batch = batch.map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
         let text = batch_to_json_lines(&batch)?;
         let rows = batch.num_rows() as u64;
-        let input_bytes = if total_rows > 0 {
-            size * rows / total_rows
-        } else {
-            0
-        };
+        let input_bytes = (size * rows).checked_div(total_rows).unwrap_or(0);
         each(Chunk {
             text,
             positions: None,

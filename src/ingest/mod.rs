@@ -36,3 +36,23 @@ pub struct IngestReport {
 
 /// How many rejection reasons a report keeps.
 pub const REPORTED_REJECTIONS: usize = 5;
+
+impl IngestReport {
+    /// Fills in what the commit stored and what was rejected.
+    pub(crate) fn complete(
+        &mut self,
+        outcome: &crate::storage::append::AppendOutcome,
+        rejects: &[rejected::RejectedRow],
+    ) {
+        self.inserted = outcome.inserted;
+        self.duplicates = outcome.duplicates;
+        self.version = outcome.version;
+        self.rejected = rejects.len() as u64;
+        self.accepted = self.read - self.rejected;
+        self.first_rejections = rejects
+            .iter()
+            .take(REPORTED_REJECTIONS)
+            .map(rejected::RejectedRow::describe)
+            .collect();
+    }
+}

@@ -19,7 +19,7 @@ use super::message::{
     EventRow, MessageType, TypedValue, convert_text, parse_bool, parse_time, typed_values,
 };
 use super::rejected::{RejectedRow, file_label, raw_excerpt};
-use super::{IngestReport, REPORTED_REJECTIONS, rejected};
+use super::{IngestReport, rejected};
 use crate::config::{RecordSource, ValueType};
 use crate::error::{Error, Result};
 use crate::storage::append::{Append, CommitResult, KeyScope, key_hash};
@@ -260,19 +260,8 @@ async fn ingest_once(
     }
     match records.commit(metadata).await? {
         CommitResult::Redo => return Ok(None),
-        CommitResult::Done(outcome) => {
-            report.inserted = outcome.inserted;
-            report.duplicates = outcome.duplicates;
-            report.version = outcome.version;
-        }
+        CommitResult::Done(outcome) => report.complete(&outcome, &rejects),
     }
-    report.rejected = rejects.len() as u64;
-    report.accepted = report.read - report.rejected;
-    report.first_rejections = rejects
-        .iter()
-        .take(REPORTED_REJECTIONS)
-        .map(RejectedRow::describe)
-        .collect();
     rejected::store(&ws.storage, &rejects, now).await?;
     Ok(Some(report))
 }

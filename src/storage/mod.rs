@@ -246,10 +246,10 @@ impl Storage {
 /// Whether a load failed only because no table has been written there yet (a missing folder on a
 /// local disk, no `_delta_log` on object storage).
 fn is_missing_table(e: &DeltaTableError) -> bool {
-    match e {
-        DeltaTableError::NotATable(_) | DeltaTableError::InvalidTableLocation(_) => true,
-        _ => false,
-    }
+    matches!(
+        e,
+        DeltaTableError::NotATable(_) | DeltaTableError::InvalidTableLocation(_)
+    )
 }
 
 /// Data files aim at this size; `maintain` compacts small ones up to it.
@@ -270,7 +270,7 @@ fn table_name(table: &DeltaTable) -> String {
     table
         .table_url()
         .path_segments()
-        .and_then(|s| s.filter(|p| !p.is_empty()).next_back())
+        .and_then(|mut s| s.rfind(|p| !p.is_empty()))
         .unwrap_or("table")
         .to_string()
 }
