@@ -98,24 +98,24 @@ pub fn print_rows<T: Serialize>(
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let values: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| serde_json::to_value(r).map_err(|e| Error::Other(e.to_string())))
-        .collect::<Result<_>>()?;
     match format {
         OutputFormat::Json => {
-            serde_json::to_writer_pretty(&mut *out, &values)
+            serde_json::to_writer_pretty(&mut *out, rows)
                 .map_err(|e| Error::Other(e.to_string()))?;
             writeln!(out).map_err(io)?;
         }
         OutputFormat::Csv | OutputFormat::Table => {
-            let columns: Vec<String> = match values.first() {
-                Some(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
-                _ => vec![],
-            };
-            let cells: Vec<Vec<String>> = values
+            // Through text, to keep the struct's field order for the columns.
+            let text = serde_json::to_string(rows).map_err(|e| Error::Other(e.to_string()))?;
+            let records: Vec<Ordered> =
+                serde_json::from_str(&text).map_err(|e| Error::Other(e.to_string()))?;
+            let columns: Vec<String> = records
+                .first()
+                .map(|r| r.0.iter().map(|(k, _)| k.clone()).collect())
+                .unwrap_or_default();
+            let cells: Vec<Vec<String>> = records
                 .iter()
-                .map(|v| columns.iter().map(|c| cell_text(&v[c])).collect())
+                .map(|r| r.0.iter().map(|(_, v)| cell_text(v)).collect())
                 .collect();
             if format == OutputFormat::Csv {
                 let mut w = csv::Writer::from_writer(&mut *out);

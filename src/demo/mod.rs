@@ -391,6 +391,6 @@ pub const TRY_QUERIES: &[&str] = &[
     "select event, count(*) as n, round(sum(prop_revenue), 2) as revenue from events where type = 'track' group by 1 order by 2 desc",
     "select source, min(timestamp), max(timestamp), count(*) from events group by 1",
     "select country, count(*) from crm group by 1 order by 2 desc",
-    "select date_trunc('month', timestamp) as month, sum(prop_revenue) from events where event = 'Order Completed' group by 1 order by 1",
-    "select json_get_str(context, 'page', 'path') as path, count(*) from events where type = 'page' group by 1 order by 2 desc limit 5",
+    "select date_trunc('month', timestamp) as month, round(sum(prop_revenue), 2) as revenue from events where event = 'Order Completed' group by 1 order by 1",
+    "select json_get_str(properties, 'path') as path, count(*) from events where type = 'page' group by 1 order by 2 desc limit 5",
 ];

@@ -227,6 +227,8 @@ fn noisy_phone(r: &mut ChaCha8Rng, phone: &Phone) -> String {
 
 struct Emitter<'a> {
     r: ChaCha8Rng,
+    /// The as-of time: nothing is recorded from then on.
+    until: i64,
     g: &'a mut Generated,
     source_currency: &'static str,
 }
@@ -237,6 +239,9 @@ impl Emitter<'_> {
     }
 
     fn emit(&mut self, target: Target, mut message: Value, at: i64) {
+        if at >= self.until {
+            return;
+        }
         let id = self.message_id();
         let m = message.as_object_mut().expect("object");
         m.insert("messageId".into(), Value::String(id));
@@ -274,6 +279,7 @@ pub fn generate(seed: u64, p: u64, _people: u64, days: u32, as_of: i64) -> Gener
         .map_or("EUR", |c| c.3);
     let mut e = Emitter {
         r: rng_for(seed, p, "events"),
+        until: as_of,
         g: &mut g,
         source_currency: currency,
     };
@@ -561,7 +567,7 @@ fn crm_and_shop(e: &mut Emitter, plan: &Plan, p: u64, as_of: i64) {
     let orders = e.r.random_range(0..4);
     for n in 0..orders {
         let at = plan.first_seen
-            + ((as_of - plan.first_seen) as f64 * e.r.random_range(0.0..1.0f64)) as i64;
+            + ((as_of - 1 - plan.first_seen) as f64 * e.r.random_range(0.0..1.0f64)) as i64;
         let by_card = plan.loyalty_id.is_some() && e.r.random_bool(0.5);
         let email = (!by_card).then(|| noisy_email(&mut e.r, &plan.email));
         if let Some(m) = &email {
