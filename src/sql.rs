@@ -74,7 +74,7 @@ pub async fn session(ws: &Workspace) -> Result<(SessionContext, Vec<TableInfo>)>
 }
 
 /// A DataFusion context with tribe's settings: all cores, a spilling memory pool of
-/// `memory_mb`, filters pushed into Parquet scans, JSON functions.
+/// `memory_mb`, filters pushed into Parquet scans, JSON functions, files queryable by path.
 pub fn new_context(memory_mb: usize) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(
@@ -87,7 +87,8 @@ pub fn new_context(memory_mb: usize) -> Result<SessionContext> {
     let options = config.options_mut();
     options.execution.parquet.pushdown_filters = true;
     options.execution.parquet.reorder_filters = true;
-    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    // Files can be queried by path, as in DuckDB: select * from 'truth.csv'.
+    let mut ctx = SessionContext::new_with_config_rt(config, runtime).enable_url_table();
     datafusion_functions_json::register_all(&mut ctx)?;
     Ok(ctx)
 }

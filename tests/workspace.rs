@@ -189,6 +189,42 @@ fn demo_builds_a_reproducible_workspace() {
             .any(|c| c.is_ascii_uppercase())
     }));
 
+    // Every identifier in the raw data has its true person.
+    let checks = [
+        (
+            "user_id",
+            "select distinct user_id v from events where user_id is not null",
+        ),
+        (
+            "anonymous_id",
+            "select distinct anonymous_id v from events where anonymous_id is not null",
+        ),
+        (
+            "email",
+            "select distinct json_get_str(traits, 'email') v from events where type = 'identify'",
+        ),
+        ("email", "select distinct email v from crm"),
+        (
+            "phone",
+            "select distinct phone v from crm where phone is not null",
+        ),
+        ("crm_id", "select distinct contact_id v from crm"),
+        (
+            "loyalty_id",
+            "select distinct loyalty_id v from pos where loyalty_id is not null",
+        ),
+    ];
+    for (kind, values) in checks {
+        let q = format!(
+            "select count(*) from ({values}) x left anti join \
+             (select id_value from 'truth.csv' where id_type = '{kind}') t on x.v = t.id_value"
+        );
+        assert_eq!(
+            sql_count(&one, &q),
+            0,
+            "{kind} missing from truth.csv: {values}"
+        );
+    }
     // Same seed, same data.
     ok(tribe(dir.path()).args(["demo", "two", "--people", "150", "--seed", "3"]));
     let two = dir.path().join("two");
