@@ -13,7 +13,8 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, StructType};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
-use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
@@ -258,12 +259,28 @@ pub const TARGET_FILE_SIZE: u64 = 128 * 1024 * 1024;
 /// Parquet settings for every data file: zstd at a fast level, and page statistics so that
 /// filters on timestamps and ids skip data.
 pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid level"),
         ))
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .build()
+        .set_max_row_group_row_count(Some(128 * 1024));
+    // Values that never repeat gain nothing from a dictionary but the cost of trying one.
+    for column in [
+        "message_id",
+        "properties",
+        "traits",
+        "integrations",
+        "reject_id",
+        "_record_id",
+    ] {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    // JSON text is never filtered by range; min/max statistics on it are pure cost.
+    for column in ["properties", "traits", "context", "integrations", "raw"] {
+        builder = builder
+            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None);
+    }
+    builder.build()
 }
 
 fn table_name(table: &DeltaTable) -> String {
