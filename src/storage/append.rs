@@ -60,6 +60,8 @@ pub struct Append {
     table: DeltaTable,
     key_column: &'static str,
     scope: KeyScope,
+    /// Whether the table had no data files when last loaded: then there are no keys to read.
+    empty: bool,
     existing: HashSet<u128>,
     loaded_days: BTreeSet<i32>,
     loaded_values: BTreeSet<String>,
@@ -92,12 +94,14 @@ impl Append {
     ) -> Result<Append> {
         let table = storage.open_or_create(spec).await?;
         let writer = new_writer(&table, &spec.name)?;
+        let empty = table_is_empty(&table, &spec.name)?;
         Ok(Append {
             storage: storage.clone(),
             spec: spec.clone(),
             table,
             key_column,
             scope,
+            empty,
             existing: HashSet::new(),
             loaded_days: BTreeSet::new(),
             loaded_values: BTreeSet::new(),
@@ -178,7 +182,6 @@ impl Append {
     /// Reads the keys the table holds in the scope of `batch`'s rows, once per scope. The scope
     /// is recorded even when the table is empty: it is what the commit declares as read.
     async fn load_keys_for(&mut self, batch: &RecordBatch) -> Result<()> {
-        let empty = self.table_is_empty()?;
         let filter = match self.scope {
             KeyScope::Table if self.loaded_table => return Ok(()),
             KeyScope::Table => {
@@ -204,19 +207,11 @@ impl Append {
                 Some(col(column).in_list(new.into_iter().map(lit).collect(), false))
             }
         };
-        if !empty {
+        if !self.empty {
             let keys = self.scan_keys(filter).await?;
             self.existing.extend(keys);
         }
         Ok(())
-    }
-
-    fn table_is_empty(&self) -> Result<bool> {
-        let snapshot = self
-            .table
-            .snapshot()
-            .map_err(|e| Error::delta(&self.spec.name, e))?;
-        Ok(snapshot.log_data().num_files() == 0)
     }
 
     /// Hashes of the keys stored in the table, optionally filtered.
@@ -314,6 +309,7 @@ impl Append {
                         .update_state()
                         .await
                         .map_err(|e| Error::delta(&self.spec.name, e))?;
+                    self.empty = table_is_empty(&self.table, &self.spec.name)?;
                     let days: Vec<i32> = self.loaded_days.iter().copied().collect();
                     let now = self.scan_keys(Some(days_filter(&days))).await?;
                     if now.iter().any(|h| self.written.contains(h)) {
@@ -329,6 +325,11 @@ impl Append {
             "table {name}: gave up committing after 20 conflicting concurrent writes"
         )))
     }
+}
+
+fn table_is_empty(table: &DeltaTable, name: &str) -> Result<bool> {
+    let snapshot = table.snapshot().map_err(|e| Error::delta(name, e))?;
+    Ok(snapshot.log_data().num_files() == 0)
 }
 
 fn new_writer(table: &DeltaTable, name: &str) -> Result<RecordBatchWriter> {

@@ -21,12 +21,11 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
-/// The storage root of a workspace: a URL plus the options object_store reads from it and from
-/// the standard environment variables (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, keys, region, ...).
+/// The storage root of a workspace: a URL; credentials and endpoints come from the standard
+/// environment variables (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, keys, region, ...).
 #[derive(Debug, Clone)]
 pub struct Storage {
     root: Url,
-    options: HashMap<String, String>,
 }
 
 /// A table's fixed shape: where it lives under the root, its columns and partitioning.
@@ -82,7 +81,6 @@ impl Storage {
         };
         Ok(Storage {
             root: with_trailing_slash(root),
-            options: HashMap::new(),
         })
     }
 
@@ -103,9 +101,7 @@ impl Storage {
 
     fn builder(&self, spec: &TableSpec) -> Result<DeltaTableBuilder> {
         let url = self.table_url(&spec.path)?;
-        Ok(DeltaTableBuilder::from_url(url)
-            .map_err(|e| Error::delta(&spec.name, e))?
-            .with_storage_options(self.options.clone()))
+        DeltaTableBuilder::from_url(url).map_err(|e| Error::delta(&spec.name, e))
     }
 
     /// Opens a table at its latest version; `None` when it has never been written.
@@ -235,12 +231,6 @@ impl Storage {
             .await
             .map_err(|e| Error::delta(&spec.name, e))?;
         Ok(())
-    }
-
-    /// Sets storage options explicitly (tests, or settings beyond the environment).
-    pub fn with_options(mut self, options: HashMap<String, String>) -> Self {
-        self.options = options;
-        self
     }
 }
 
