@@ -91,8 +91,40 @@ enum Command {
         #[command(flatten)]
         format: FormatArg,
     },
+    /// Resolve identities into unified profiles (incremental unless --full).
+    Resolve {
+        /// Re-read all events and records, not only what is new since the last run.
+        #[arg(long)]
+        full: bool,
+        /// After resolving (or instead, with --no-run), score the profiles against a ground
+        /// truth CSV (id_type,id_value,person_id), such as a demo's truth.csv.
+        #[arg(long, value_name = "TRUTH")]
+        evaluate: Option<PathBuf>,
+        /// With --evaluate: only score the current profiles, do not resolve first.
+        #[arg(long, requires = "evaluate")]
+        no_run: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Look at profiles.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
     /// List the tables of the workspace with their versions and file counts.
     Tables {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// One profile: its fields, identifiers, consent and recent events.
+    Show {
+        /// A profile id, or any identifier of it (user id, e-mail, phone, anonymous id, ...).
+        key: String,
+        /// How many recent events to list.
+        #[arg(long, default_value_t = 10)]
+        events: usize,
         #[command(flatten)]
         format: FormatArg,
     },
@@ -239,6 +271,50 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             print_rows(&reports, format.format, &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Resolve {
+            full,
+            evaluate,
+            no_run,
+            format,
+        } => {
+            let ws = open()?;
+            if !no_run {
+                let spinner = spinner("resolving identities");
+                let report = tribe::identity::resolve(&ws, tribe::identity::Options { full }).await;
+                spinner.finish_and_clear();
+                print_report(&report?, format.format, &mut out)?;
+            }
+            if let Some(truth) = evaluate {
+                let truth = cwd.join(truth);
+                let scores = tribe::identity::evaluate::evaluate(&ws, &truth).await?;
+                if format.format == OutputFormat::Table && !no_run {
+                    writeln!(out, "\nagainst {}:", truth.display())
+                        .map_err(|e| Error::io("<stdout>", e))?;
+                }
+                print_report(&scores, format.format, &mut out)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Profile(ProfileCommand::Show {
+            key,
+            events,
+            format,
+        }) => {
+            let ws = open()?;
+            let view = tribe::identity::show::show(&ws, &key, events).await?;
+            match format.format {
+                OutputFormat::Table => {
+                    print_report(&view.profile, OutputFormat::Table, &mut out)?;
+                    let io = |e| Error::io("<stdout>", e);
+                    writeln!(out, "\nidentifiers:").map_err(io)?;
+                    print_rows(&view.identifiers, OutputFormat::Table, &mut out)?;
+                    writeln!(out, "\nrecent events:").map_err(io)?;
+                    print_rows(&view.recent_events, OutputFormat::Table, &mut out)?;
+                }
+                other => print_report(&view, other, &mut out)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Tables { format } => {
             let ws = open()?;
             let (_, tables) = tribe::sql::session(&ws).await?;
@@ -321,6 +397,17 @@ fn bytes_progress(files: &[PathBuf], message: &'static str) -> ProgressBar {
         .progress_chars("=> "),
     );
     bar.set_message(message);
+    bar
+}
+
+/// A spinner for a long step, drawn only on a terminal.
+fn spinner(message: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
 }
 

@@ -23,6 +23,132 @@ pub struct Config {
     /// Record sources by name (`crm`, `pos`, ...).
     #[serde(default)]
     pub records: BTreeMap<String, RecordSource>,
+    /// How identifiers are normalised, guarded and merged into profiles.
+    #[serde(default)]
+    pub identity: IdentitySection,
+}
+
+/// `[identity]`: identity resolution rules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    /// Country (ISO 3166 code such as `DE`) assumed for phone numbers written without one.
+    #[serde(default)]
+    pub default_country: Option<String>,
+    /// Identifier types from strongest to weakest. When a limit forces a choice, links that
+    /// involve weaker types are the ones not made. Types not listed come after all listed ones.
+    #[serde(default = "default_priority")]
+    pub priority: Vec<String>,
+    /// Most identifiers of a type one profile may hold (`user_id = 1`, `email = 5`).
+    #[serde(default = "default_limits")]
+    pub limits: BTreeMap<String, u32>,
+    /// Values never linked, as regular expressions matched against the normalised value,
+    /// per type; `"*"` applies to every type. Added to the built-in list of junk values.
+    #[serde(default)]
+    pub blocked: BTreeMap<String, Vec<String>>,
+    /// Set to false to drop the built-in blocked values (`test@test.com`, `null`, ...).
+    #[serde(default = "yes")]
+    pub default_blocks: bool,
+    /// Normaliser per type: email, phone, trim, lower, upper, digits or none. Types not listed:
+    /// email and phone by their names, trim for everything else.
+    #[serde(default)]
+    pub normalise: BTreeMap<String, Normaliser>,
+    /// Trait keys of identify traits and `context.traits` that are identifiers.
+    #[serde(default = "default_trait_identifiers")]
+    pub trait_identifiers: Vec<String>,
+    /// Event trait keys that carry consent: `channel = "trait"` (records use their own mapping).
+    #[serde(default)]
+    pub consent: BTreeMap<String, String>,
+    /// Merge rule per trait; `latest` (non-null, by event time) for traits not listed.
+    #[serde(default)]
+    pub traits: BTreeMap<String, MergeRule>,
+    /// Profiles with more identifiers than this are reported after each run.
+    #[serde(default = "default_large_profile")]
+    pub large_profile: usize,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        IdentitySection {
+            default_country: None,
+            priority: default_priority(),
+            limits: default_limits(),
+            blocked: BTreeMap::new(),
+            default_blocks: true,
+            normalise: BTreeMap::new(),
+            trait_identifiers: default_trait_identifiers(),
+            consent: BTreeMap::new(),
+            traits: BTreeMap::new(),
+            large_profile: default_large_profile(),
+        }
+    }
+}
+
+fn default_priority() -> Vec<String> {
+    [
+        "user_id",
+        "email",
+        "phone",
+        "crm_id",
+        "loyalty_id",
+        "anonymous_id",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn default_limits() -> BTreeMap<String, u32> {
+    [
+        ("user_id".to_string(), 1),
+        ("email".to_string(), 5),
+        ("phone".to_string(), 5),
+    ]
+    .into()
+}
+fn default_trait_identifiers() -> Vec<String> {
+    vec!["email".into(), "phone".into()]
+}
+fn default_large_profile() -> usize {
+    100
+}
+fn yes() -> bool {
+    true
+}
+
+/// How raw identifier values are made comparable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normaliser {
+    /// Trimmed and lower-cased; must look like `local@domain`.
+    Email,
+    /// E.164 (`+4915112345678`), using `default_country` for national numbers.
+    Phone,
+    Trim,
+    Lower,
+    Upper,
+    /// Only the digits.
+    Digits,
+    /// Exactly as sent.
+    None,
+}
+
+/// How one trait's value is chosen among a profile's observations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MergeRule {
+    Simple(SimpleRule),
+    /// The latest value from the first source in this list that has one; other sources after.
+    Sources {
+        sources: Vec<String>,
+    },
+}
+
+/// The merge rules that need no parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimpleRule {
+    Latest,
+    First,
+    MostFrequent,
 }
 
 /// `[workspace]`: name and storage root.
@@ -206,6 +332,23 @@ impl Config {
                     "[records.{name}.event]: set exactly one of `name` and `name_column`"
                 )));
             }
+        }
+        let identity = &self.identity;
+        for (ty, patterns) in &identity.blocked {
+            for pattern in patterns {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    return Err(bad(format!(
+                        "[identity.blocked] {ty}: {pattern:?} is not a valid regular expression: {e}"
+                    )));
+                }
+            }
+        }
+        if let Some(country) = &identity.default_country
+            && country.parse::<phonenumber::country::Id>().is_err()
+        {
+            return Err(bad(format!(
+                "[identity] default_country: {country:?} is not a country code such as \"DE\" or \"US\""
+            )));
         }
         Ok(())
     }

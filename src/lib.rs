@@ -2,12 +2,14 @@
 //! Delta Lake tables on object storage and queried with DataFusion.
 //!
 //! Modules follow the pipeline: `config` and `workspace` (where things are), `storage` (tables
-//! and commits), `ingest` (events and records in), `sql` and `output` (queries out), `maintain`
+//! and commits), `ingest` (events and records in), `identity`
+//! (unified profiles), `sql` and `output` (queries out), `maintain`
 //! (compaction and clean-up), `demo` (generated workspaces).
 
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod identity;
 pub mod ingest;
 pub mod maintain;
 pub mod output;

@@ -70,8 +70,22 @@ pub async fn session(ws: &Workspace) -> Result<(SessionContext, Vec<TableInfo>)>
             files,
         });
     }
+    if infos.iter().any(|t| t.name == "profile_keys") && infos.iter().any(|t| t.name == "events") {
+        ctx.sql(PROFILE_EVENTS).await?;
+    }
     Ok((ctx, infos))
 }
+
+/// Every event with the profile it belongs to: by its user id, else its anonymous id, else (for
+/// events that carry neither, like orders from a shop system) by the event itself. The keys are
+/// written by identity resolution; events it has not seen yet have no profile.
+const PROFILE_EVENTS: &str = "create view profile_events as \
+    select coalesce(ku.profile_id, ka.profile_id, km.profile_id) as profile_id, e.* \
+    from events e \
+    left join (select key, profile_id from profile_keys where key_type = 'user_id') ku on e.user_id = ku.key \
+    left join (select key, profile_id from profile_keys where key_type = 'anonymous_id') ka on e.anonymous_id = ka.key \
+    left join (select key, profile_id from profile_keys where key_type = 'message_id') km \
+      on e.user_id is null and e.anonymous_id is null and e.message_id = km.key";
 
 /// A DataFusion context with tribe's settings: all cores, a spilling memory pool of
 /// `memory_mb`, filters pushed into Parquet scans, JSON functions, files queryable by path.

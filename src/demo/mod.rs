@@ -120,6 +120,8 @@ pub fn demo_config(name: &str) -> Config {
             }),
         },
     );
+    config.identity.default_country = Some("DE".into());
+    config.identity.consent = map(&[("email", "email_opt_in"), ("sms", "sms_opt_in")]);
     config
 }
 

@@ -298,12 +298,6 @@ pub fn generate(seed: u64, p: u64, _people: u64, days: u32, as_of: i64) -> Gener
     } else {
         None
     };
-    for d in &web_devices {
-        e.g.truth.insert(("anonymous_id".into(), d.clone()));
-    }
-    if let Some(d) = &app_device {
-        e.g.truth.insert(("anonymous_id".into(), d.clone()));
-    }
     if let Some(u) = &plan.user_id {
         e.g.truth.insert(("user_id".into(), u.clone()));
     }
@@ -330,16 +324,30 @@ pub fn generate(seed: u64, p: u64, _people: u64, days: u32, as_of: i64) -> Gener
     for &at in &times {
         let signed_up = plan.signup_at.is_some_and(|s| at >= s);
         let is_signup = plan.signup_at == Some(at);
+        // Before signing up people browse in one browser, and they sign up in it; other
+        // devices come later, and they log in on each.
         let (target, device) = match (&app_device, &shared) {
+            _ if !signed_up || is_signup => (Target::Web, web_devices[0].clone()),
             (_, Some((dev, from))) if at >= *from && e.r.random_bool(0.3) => {
                 (Target::Web, dev.clone())
             }
-            (Some(app), _) if signed_up && e.r.random_bool(0.5) => (Target::App, app.clone()),
+            (Some(app), _) if e.r.random_bool(0.5) => (Target::App, app.clone()),
             _ => (
                 Target::Web,
                 web_devices[e.r.random_range(0..web_devices.len())].clone(),
             ),
         };
+        if web_devices.contains(&device) || app_device.as_ref() == Some(&device) {
+            e.g.truth.insert(("anonymous_id".into(), device.clone()));
+        }
+        // Shop customers without an account leave their e-mail in the newsletter form.
+        if plan.user_id.is_none() && plan.in_crm && at == plan.first_seen {
+            let email = noisy_email(&mut e.r, &plan.email);
+            e.g.truth.insert(("email".into(), email.clone()));
+            let msg = json!({"type": "identify", "anonymousId": device, "traits": {"email": email},
+                "context": context(target)});
+            e.emit(target, msg, at + 30_000_000);
+        }
         let user_id = if signed_up {
             plan.user_id.clone()
         } else {
@@ -485,7 +493,19 @@ fn session(
     checkout["properties"] =
         json!({"value": total, "currency": e.source_currency, "products": cart});
     e.emit(target, checkout, t);
-    if user_id.is_some() && e.r.random_bool((plan.buy_rate * 2.5).min(0.9)) {
+    let buys = match user_id {
+        Some(_) => e.r.random_bool((plan.buy_rate * 2.5).min(0.9)),
+        None => e.r.random_bool(plan.buy_rate),
+    };
+    if buys {
+        if user_id.is_none() {
+            // A guest checkout asks for an e-mail address.
+            let email = noisy_email(&mut e.r, &plan.email);
+            e.g.truth.insert(("email".into(), email.clone()));
+            let mut guest = base("identify");
+            guest["traits"] = json!({"email": email});
+            e.emit(target, guest, t + 80_000_000);
+        }
         *order_seq += 1;
         let mut order = base("track");
         order["event"] = json!("Order Completed");

@@ -204,6 +204,41 @@ impl Storage {
         }
     }
 
+    /// Writes `batches` as one commit: appended to the table, or replacing its rows (and its
+    /// schema, with `Replace`). Readers see the old version or the new one, never a mix.
+    pub async fn write(
+        &self,
+        spec: &TableSpec,
+        batches: Vec<arrow::array::RecordBatch>,
+        mode: WriteMode,
+    ) -> Result<i64> {
+        let table = match self.open(spec).await? {
+            Some(t) => t,
+            None => self
+                .builder(spec)?
+                .build()
+                .map_err(|e| Error::delta(&spec.name, e))?,
+        };
+        let batches = if batches.is_empty() {
+            vec![arrow::array::RecordBatch::new_empty(spec.schema.clone())]
+        } else {
+            batches
+        };
+        let mut builder = table
+            .write(batches)
+            .with_table_name(spec.name.clone())
+            .with_writer_properties(writer_properties())
+            .with_partition_columns(spec.partition_columns.clone());
+        builder = match mode {
+            WriteMode::Append => builder.with_save_mode(SaveMode::Append),
+            WriteMode::Replace => builder
+                .with_save_mode(SaveMode::Overwrite)
+                .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite),
+        };
+        let written = builder.await.map_err(|e| Error::delta(&spec.name, e))?;
+        Ok(written.version().map_or(-1, |v| v as i64))
+    }
+
     /// Adds the columns of `spec` that an existing table lacks (a newly declared property or
     /// record column). Existing columns are never changed or dropped.
     pub async fn evolve(&self, spec: &TableSpec) -> Result<()> {
@@ -232,6 +267,13 @@ impl Storage {
             .map_err(|e| Error::delta(&spec.name, e))?;
         Ok(())
     }
+}
+
+/// How [`Storage::write`] treats the rows already in a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    Append,
+    Replace,
 }
 
 /// Whether a load failed only because no table has been written there yet (a missing folder on a
@@ -273,7 +315,7 @@ pub fn writer_properties() -> WriterProperties {
     builder.build()
 }
 
-fn table_name(table: &DeltaTable) -> String {
+pub fn table_name(table: &DeltaTable) -> String {
     table
         .table_url()
         .path_segments()

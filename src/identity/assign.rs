@@ -1,0 +1,188 @@
+//! Stable profile ids. A component keeps the id its identifiers had before; when it now holds
+//! the identifiers of several earlier profiles, the oldest id survives and the others are
+//! recorded as merged into it. When an earlier profile's identifiers end up in several
+//! components (after a rule change), the component holding most of them keeps the id and the
+//! others are recorded as split off. New components get an id derived from their earliest
+//! identifier, so the same data gives the same ids.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::identity::graph::Graph;
+
+/// A merge or split between profile ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub from: String,
+    pub into: String,
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// The profile id of each component root, and the merges and splits against the earlier ids.
+pub struct Assignment {
+    pub id_of_root: HashMap<u32, String>,
+    pub changes: Vec<Change>,
+}
+
+/// Assigns ids to the components (`root` per node) given each node's earlier id, if any.
+pub fn assign(g: &Graph, root: &[u32], old: &[Option<u32>], old_ids: &[String]) -> Assignment {
+    // The canonical key of a component: its earliest identifier.
+    let key = |n: u32| {
+        let node = &g.nodes[n as usize];
+        (
+            node.first_seen,
+            g.types[node.ty as usize].as_str(),
+            &*node.value,
+        )
+    };
+    let mut earliest: HashMap<u32, u32> = HashMap::new();
+    for n in 0..g.nodes.len() as u32 {
+        let r = root[n as usize];
+        let e = earliest.entry(r).or_insert(n);
+        if key(n) < key(*e) {
+            *e = n;
+        }
+    }
+    // Per earlier id: its nodes per component, and its age (earliest first sight).
+    let mut spread: HashMap<u32, HashMap<u32, u32>> = HashMap::new();
+    let mut age: HashMap<u32, i64> = HashMap::new();
+    for (n, o) in old.iter().enumerate() {
+        if let Some(o) = *o {
+            *spread.entry(o).or_default().entry(root[n]).or_default() += 1;
+            let a = age.entry(o).or_insert(i64::MAX);
+            *a = (*a).min(g.nodes[n].first_seen);
+        }
+    }
+    // The component an earlier id stays with: most of its identifiers, then the earliest.
+    let mut main_of: HashMap<u32, u32> = HashMap::new();
+    let mut claimants: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&o, comps) in &spread {
+        let main = comps
+            .iter()
+            .max_by(|(ra, ca), (rb, cb)| {
+                ca.cmp(cb)
+                    .then_with(|| key(earliest[rb]).cmp(&key(earliest[ra])))
+            })
+            .map(|(r, _)| *r)
+            .expect("an earlier id has at least one node");
+        main_of.insert(o, main);
+        claimants.entry(main).or_default().push(o);
+    }
+    let mut used: HashSet<String> = old_ids.iter().cloned().collect();
+    let mut id_of_root: HashMap<u32, String> = HashMap::new();
+    let mut changes = Vec::new();
+    let mut roots: Vec<u32> = earliest.keys().copied().collect();
+    roots.sort_unstable_by(|a, b| key(earliest[a]).cmp(&key(earliest[b])));
+    for r in &roots {
+        let id = match claimants.get_mut(r) {
+            Some(list) => {
+                list.sort_by(|a, b| {
+                    (age[a], &old_ids[*a as usize]).cmp(&(age[b], &old_ids[*b as usize]))
+                });
+                let winner = old_ids[list[0] as usize].clone();
+                for o in &list[1..] {
+                    changes.push(Change {
+                        from: old_ids[*o as usize].clone(),
+                        into: winner.clone(),
+                        kind: "merge",
+                        reason: String::new(),
+                    });
+                }
+                winner
+            }
+            None => new_id(g, earliest[r], &mut used),
+        };
+        id_of_root.insert(*r, id);
+    }
+    // Parts of earlier profiles that now live elsewhere.
+    let mut splits: Vec<(u32, u32)> = spread
+        .iter()
+        .flat_map(|(&o, comps)| {
+            let main = main_of[&o];
+            comps
+                .keys()
+                .filter(move |&&r| r != main)
+                .map(move |&r| (o, r))
+        })
+        .collect();
+    splits.sort_unstable_by(|a, b| {
+        (&old_ids[a.0 as usize], &id_of_root[&a.1])
+            .cmp(&(&old_ids[b.0 as usize], &id_of_root[&b.1]))
+    });
+    for (o, r) in splits {
+        changes.push(Change {
+            from: old_ids[o as usize].clone(),
+            into: id_of_root[&r].clone(),
+            kind: "split",
+            reason:
+                "identifiers of this profile are no longer linked (rules changed or data removed)"
+                    .into(),
+        });
+    }
+    explain_merges(g, root, old, old_ids, &mut changes);
+    Assignment {
+        id_of_root,
+        changes,
+    }
+}
+
+fn new_id(g: &Graph, earliest: u32, used: &mut HashSet<String>) -> String {
+    let node = &g.nodes[earliest as usize];
+    let mut salt = 0u32;
+    loop {
+        let text = format!(
+            "{}\u{0}{}\u{0}{salt}",
+            g.types[node.ty as usize], node.value
+        );
+        let id = format!("p_{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
+        if used.insert(id.clone()) {
+            return id;
+        }
+        salt += 1;
+    }
+}
+
+/// Names, for each merge, a link that joined the two earlier profiles.
+fn explain_merges(
+    g: &Graph,
+    root: &[u32],
+    old: &[Option<u32>],
+    old_ids: &[String],
+    changes: &mut [Change],
+) {
+    let wanted: HashMap<(&str, &str), usize> = changes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.kind == "merge")
+        .map(|(i, c)| ((c.from.as_str(), c.into.as_str()), i))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let mut reasons: HashMap<usize, String> = HashMap::new();
+    for link in &g.links {
+        let (a, b) = (link.a as usize, link.b as usize);
+        let (Some(oa), Some(ob)) = (old[a], old[b]) else {
+            continue;
+        };
+        if oa == ob || root[a] != root[b] {
+            continue;
+        }
+        let (ia, ib) = (old_ids[oa as usize].as_str(), old_ids[ob as usize].as_str());
+        let hit = wanted.get(&(ia, ib)).or_else(|| wanted.get(&(ib, ia)));
+        if let Some(&i) = hit {
+            reasons.entry(i).or_insert_with(|| {
+                let describe =
+                    |n: usize| format!("{} {}", g.types[g.nodes[n].ty as usize], g.nodes[n].value);
+                format!("{} seen with {}", describe(a), describe(b))
+            });
+        }
+    }
+    for (i, c) in changes.iter_mut().enumerate() {
+        if c.kind == "merge" {
+            c.reason = reasons
+                .remove(&i)
+                .unwrap_or_else(|| "linked through other identifiers".into());
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The identity graph: every usable identifier of every sighting becomes a node (by type and
+//! normalised value), and the identifiers of one sighting are linked, each to the strongest of
+//! them. Skipped values are counted by type and reason and join nothing.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+use xxhash_rust::xxh3::Xxh3Builder;
+
+use crate::config::IdentitySection;
+use crate::identity::normalize::{Normalisers, Skip};
+use crate::identity::sightings::Sighting;
+use crate::identity::unionfind::Link;
+
+/// One identifier.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub ty: u16,
+    pub value: Box<str>,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// Bit `i` set: seen in source `i` of [`Graph::sources`] (the last bit stands for the rest).
+    pub sources: u64,
+}
+
+/// Nodes, links and what was skipped.
+pub struct Graph {
+    /// Identifier type names; a node's `ty` indexes this.
+    pub types: Vec<String>,
+    /// Priority rank per type (0 is strongest).
+    pub rank: Vec<u16>,
+    pub nodes: Vec<Node>,
+    pub links: Vec<Link>,
+    /// The strongest identifier of each sighting: the one its events and traits belong to.
+    pub owner: Vec<Option<u32>>,
+    /// For each sighting, its user id and anonymous id nodes (for event lookups).
+    pub keys: Vec<(Option<u32>, Option<u32>)>,
+    pub sources: Vec<String>,
+    /// Skipped raw values by (type, reason).
+    pub skipped: BTreeMap<(String, Skip), u64>,
+    index: HashMap<(u16, Box<str>), u32, Xxh3Builder>,
+    priority: Vec<String>,
+}
+
+impl Graph {
+    fn new(config: &IdentitySection) -> Graph {
+        Graph {
+            types: Vec::new(),
+            rank: Vec::new(),
+            nodes: Vec::new(),
+            links: Vec::new(),
+            owner: Vec::new(),
+            keys: Vec::new(),
+            sources: Vec::new(),
+            skipped: BTreeMap::new(),
+            index: HashMap::with_hasher(Xxh3Builder::new()),
+            priority: config.priority.clone(),
+        }
+    }
+
+    /// The index of an identifier type, registering it on first use.
+    pub fn type_index(&mut self, name: &str) -> u16 {
+        if let Some(i) = self.types.iter().position(|t| t == name) {
+            return i as u16;
+        }
+        let rank = self
+            .priority
+            .iter()
+            .position(|p| p == name)
+            .unwrap_or(self.priority.len());
+        self.types.push(name.to_string());
+        self.rank.push(rank as u16);
+        (self.types.len() - 1) as u16
+    }
+
+    /// The node of a normalised identifier, if it is in the graph.
+    pub fn find(&self, ty: &str, value: &str) -> Option<u32> {
+        let t = self.types.iter().position(|x| x == ty)? as u16;
+        self.index.get(&(t, Box::from(value))).copied()
+    }
+
+    fn source_bit(&mut self, source: &str) -> u64 {
+        let i = match self.sources.iter().position(|s| s == source) {
+            Some(i) => i,
+            None => {
+                self.sources.push(source.to_string());
+                self.sources.len() - 1
+            }
+        };
+        1u64 << i.min(63)
+    }
+
+    fn node(&mut self, ty: u16, value: String, s: &Sighting, bit: u64) -> u32 {
+        let key = (ty, value.into_boxed_str());
+        if let Some(&id) = self.index.get(&key) {
+            let n = &mut self.nodes[id as usize];
+            n.first_seen = n.first_seen.min(s.first_seen);
+            n.last_seen = n.last_seen.max(s.last_seen);
+            n.sources |= bit;
+            return id;
+        }
+        let id = self.nodes.len() as u32;
+        self.nodes.push(Node {
+            ty,
+            value: key.1.clone(),
+            first_seen: s.first_seen,
+            last_seen: s.last_seen,
+            sources: bit,
+        });
+        self.index.insert(key, id);
+        id
+    }
+
+    /// Names of the sources a node was seen in.
+    pub fn source_names(&self, node: &Node) -> Vec<&str> {
+        (0..self.sources.len())
+            .filter(|&i| node.sources & (1u64 << i.min(63)) != 0)
+            .map(|i| self.sources[i].as_str())
+            .collect()
+    }
+}
+
+/// Builds the graph of `sightings`.
+pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Normalisers) -> Graph {
+    let mut g = Graph::new(config);
+    for ty in &config.priority {
+        g.type_index(ty);
+    }
+    let user_ty = g.type_index("user_id");
+    let anon_ty = g.type_index("anonymous_id");
+    let mut raw: Vec<(String, String)> = Vec::new();
+    let mut aliases = Vec::new();
+    for (i, s) in sightings.iter().enumerate() {
+        let bit = g.source_bit(&s.source);
+        raw.clear();
+        collect_raw(s, config, &mut raw);
+        let mut ids: Vec<u32> = Vec::with_capacity(raw.len());
+        let mut keys = (None, None);
+        for (ty, value) in raw.drain(..) {
+            match normalisers.normalise(&ty, &value) {
+                Ok(v) => {
+                    let t = g.type_index(&ty);
+                    let id = g.node(t, v, s, bit);
+                    if t == user_ty && s.user_id.as_deref() == Some(value.as_str()) {
+                        keys.0 = Some(id);
+                    }
+                    if t == anon_ty && s.anonymous_id.as_deref() == Some(value.as_str()) {
+                        keys.1 = Some(id);
+                    }
+                    ids.push(id);
+                }
+                Err(reason) => *g.skipped.entry((ty, reason)).or_default() += 1,
+            }
+        }
+        if s.previous_id.is_some() {
+            aliases.push((i, ids.clone()));
+        }
+        let owner = link_all(&mut g, &mut ids, s.first_seen);
+        g.owner.push(owner);
+        g.keys.push(keys);
+    }
+    // An alias's previous id is an earlier user id when one is known by that value, else an
+    // anonymous id; this needs every user id seen, hence the second pass.
+    for (i, mut ids) in aliases {
+        let s = &sightings[i];
+        let prev = s.previous_id.as_deref().expect("alias sightings have one");
+        let bit = g.source_bit(&s.source);
+        let ty = match normalisers.normalise("user_id", prev) {
+            Ok(v) if g.find("user_id", &v).is_some() => "user_id",
+            _ => "anonymous_id",
+        };
+        match normalisers.normalise(ty, prev) {
+            Ok(v) => {
+                let t = g.type_index(ty);
+                let id = g.node(t, v, s, bit);
+                ids.push(id);
+                let owner = link_all(&mut g, &mut ids, s.first_seen);
+                g.owner[i] = owner;
+            }
+            Err(reason) => *g.skipped.entry((ty.to_string(), reason)).or_default() += 1,
+        }
+    }
+    g.links.sort_unstable();
+    g
+}
+
+/// Links every identifier of one sighting to its strongest; returns the strongest.
+fn link_all(g: &mut Graph, ids: &mut Vec<u32>, at: i64) -> Option<u32> {
+    ids.sort_unstable_by(|a, b| {
+        let (na, nb) = (&g.nodes[*a as usize], &g.nodes[*b as usize]);
+        (g.rank[na.ty as usize], &na.value).cmp(&(g.rank[nb.ty as usize], &nb.value))
+    });
+    ids.dedup();
+    let (&head, rest) = ids.split_first()?;
+    for &other in rest {
+        let rank = g.rank[g.nodes[other as usize].ty as usize];
+        let (a, b) = if head < other {
+            (head, other)
+        } else {
+            (other, head)
+        };
+        g.links.push(Link { rank, at, a, b });
+    }
+    Some(head)
+}
+
+/// The raw (type, value) identifiers a sighting carries.
+fn collect_raw(s: &Sighting, config: &IdentitySection, out: &mut Vec<(String, String)>) {
+    if let Some(u) = &s.user_id {
+        out.push(("user_id".into(), u.clone()));
+    }
+    if let Some(a) = &s.anonymous_id {
+        out.push(("anonymous_id".into(), a.clone()));
+    }
+    out.extend(s.external_ids.iter().cloned());
+    for text in [&s.traits, &s.context_traits].into_iter().flatten() {
+        let Ok(Value::Object(traits)) = serde_json::from_str::<Value>(text) else {
+            continue;
+        };
+        for key in &config.trait_identifiers {
+            match traits.get(key) {
+                Some(Value::String(v)) => out.push((key.clone(), v.clone())),
+                Some(Value::Number(n)) => out.push((key.clone(), n.to_string())),
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! Identity resolution: turns events and records into one profile per person. It owns the
+//! identity tables (`identity_links`, `identities`, `profiles`, `profile_keys`,
+//! `identity_conflicts`, `profile_merges`, `resolve_runs`) and the `profile_events` view.
+//!
+//! A run reads sightings (identifiers seen together) from the data that is new since the last
+//! run, adds them to the stored ones, and rebuilds the graph from all of them: normalise,
+//! link, connected components under the over-merging rules, stable ids, merged traits. The
+//! graph is small next to the events, so rebuilding it is cheap, and it is what makes the
+//! result of an incremental run equal that of a full one.
+
+pub mod assign;
+pub mod evaluate;
+pub mod graph;
+pub mod normalize;
+pub mod profiles;
+pub mod show;
+pub mod sightings;
+pub mod tables;
+pub mod unionfind;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use arrow::array::Array;
+use futures::TryStreamExt;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::identity::sightings::{Files, Sighting, Versions};
+use crate::storage::{TableSpec, WriteMode, schema};
+use crate::workspace::Workspace;
+
+/// What a run should do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Re-read every event and record instead of only what is new since the last run.
+    pub full: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub run_id: String,
+    pub mode: String,
+    /// Why a run asked to be incremental read everything, if it did.
+    pub full_because: Option<String>,
+    pub sightings: u64,
+    pub new_sightings: u64,
+    pub identifiers: u64,
+    pub links: u64,
+    pub profiles: u64,
+    pub known_profiles: u64,
+    pub merges: u64,
+    pub splits: u64,
+    pub conflicts: u64,
+    pub skipped: Vec<SkipCount>,
+    pub large_profiles: Vec<LargeProfile>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SkipCount {
+    pub id_type: String,
+    pub reason: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LargeProfile {
+    pub profile_id: String,
+    pub identifiers: i64,
+}
+
+struct Run {
+    id: String,
+    versions: Versions,
+}
+
+/// Resolves identities in the workspace and writes the identity tables.
+pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
+    let clock = Instant::now();
+    let started = chrono::Utc::now().timestamp_micros();
+    let run_id = format!(
+        "r{started}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let config = &ws.config.identity;
+    let normalisers = normalize::Normalisers::new(config)?;
+
+    let runs = load_runs(ws).await?;
+    let links_table = ws.storage.open(&sightings::spec()).await?;
+    let mut full_because = None;
+    if options.full {
+        full_because = Some("--full".to_string());
+    } else if runs.is_empty() {
+        full_because = Some("first run".to_string());
+    } else if let Some(t) = &links_table {
+        let done: HashSet<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+        let stored = distinct_runs(t).await?;
+        if stored.iter().any(|r| !done.contains(r.as_str())) {
+            full_because = Some("the previous run did not finish".to_string());
+        }
+    }
+
+    // Source tables and what of them is new.
+    let mut sources: Vec<(String, deltalake::DeltaTable)> = Vec::new();
+    if let Some(t) = ws.storage.open(&schema::events(&ws.config)).await? {
+        sources.push((schema::EVENTS.to_string(), t));
+    }
+    for name in sightings::record_sources(&ws.config) {
+        let spec = TableSpec {
+            name: name.clone(),
+            path: format!("records/{name}"),
+            schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
+            partition_columns: vec![],
+        };
+        if let Some(t) = ws.storage.open(&spec).await? {
+            sources.push((name, t));
+        }
+    }
+    let versions: Versions = sources
+        .iter()
+        .map(|(n, t)| (n.clone(), t.version().map_or(-1, |v| v as i64)))
+        .collect();
+    let mut plan: Vec<Files> = Vec::new();
+    if full_because.is_none() {
+        let last = &runs.last().expect("runs exist when incremental").versions;
+        for (name, table) in &sources {
+            match sightings::added_since(table, last.get(name).copied().unwrap_or(-1)).await? {
+                Some(adds) => plan.push(Files::Only(adds)),
+                None => {
+                    full_because = Some(format!(
+                        "files of {name} were rewritten since the last run (compaction or deletion)"
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    let full = full_because.is_some();
+    if full {
+        plan = sources.iter().map(|_| Files::All).collect();
+    }
+    let mut new: Vec<Sighting> = Vec::new();
+    for ((name, table), files) in sources.iter().zip(plan) {
+        if name == schema::EVENTS {
+            new.extend(sightings::scan_events(table, files).await?);
+        } else {
+            new.extend(sightings::scan_records(&ws.config, name, table, files).await?);
+        }
+    }
+    let new_count = new.len() as u64;
+    let mut all = match (&links_table, full) {
+        (Some(t), false) => {
+            let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+            sightings::load(t, &ids).await?
+        }
+        _ => Vec::new(),
+    };
+    all.extend(new.iter().cloned());
+
+    // The graph and its components.
+    let g = graph::build(&all, config, &normalisers);
+    let limits: Vec<(u16, u32)> = config
+        .limits
+        .iter()
+        .filter_map(|(ty, limit)| {
+            g.types
+                .iter()
+                .position(|t| t == ty)
+                .map(|i| (i as u16, *limit))
+        })
+        .collect();
+    let node_types: Vec<u16> = g.nodes.iter().map(|n| n.ty).collect();
+    let comps = unionfind::components(&node_types, &g.links, &limits);
+    let (old, old_ids) = load_old_ids(ws, &g).await?;
+    let assignment = assign::assign(&g, &comps.root, &old, &old_ids);
+    let profiles = profiles::build(&g, &comps.root, &assignment.id_of_root, &all, config);
+    let pid = |n: u32| assignment.id_of_root[&comps.root[n as usize]].as_str();
+
+    // Write: the sightings first, the outputs next, the run record last. A run that dies
+    // before its record leaves sightings the next run sees as unfinished, and redoes fully.
+    let links_spec = sightings::spec();
+    let links_rows = sightings::to_batch(&run_id, &new)?;
+    let links_mode = if full {
+        WriteMode::Replace
+    } else {
+        WriteMode::Append
+    };
+    ws.storage
+        .write(&links_spec, vec![links_rows], links_mode)
+        .await?;
+
+    let ids_spec = tables::identities();
+    let identities = tables::rows(
+        &ids_spec,
+        vec![
+            tables::strings(
+                g.nodes
+                    .iter()
+                    .map(|n| Some(g.types[n.ty as usize].as_str())),
+            ),
+            tables::strings(g.nodes.iter().map(|n| Some(&*n.value))),
+            tables::strings((0..g.nodes.len() as u32).map(|n| Some(pid(n)))),
+            tables::times(g.nodes.iter().map(|n| Some(n.first_seen)))?,
+            tables::times(g.nodes.iter().map(|n| Some(n.last_seen)))?,
+            {
+                let joined: Vec<String> = g
+                    .nodes
+                    .iter()
+                    .map(|n| g.source_names(n).join(","))
+                    .collect();
+                tables::strings(joined.iter().map(|s| Some(s.as_str())))
+            },
+        ],
+    )?;
+    ws.storage
+        .write(&ids_spec, vec![identities], WriteMode::Replace)
+        .await?;
+
+    let keys_spec = tables::profile_keys();
+    let keys = profile_keys(&g, &all, &pid);
+    let keys_batch = tables::rows(
+        &keys_spec,
+        vec![
+            tables::strings(keys.iter().map(|k| Some(k.1))),
+            tables::strings(keys.iter().map(|k| Some(k.2))),
+            tables::strings(keys.iter().map(|k| Some(k.0))),
+        ],
+    )?;
+    ws.storage
+        .write(&keys_spec, vec![keys_batch], WriteMode::Replace)
+        .await?;
+
+    let (profiles_spec, profiles_batch) =
+        tables::profiles_batch(&profiles, &config.trait_identifiers)?;
+    ws.storage
+        .write(&profiles_spec, vec![profiles_batch], WriteMode::Replace)
+        .await?;
+
+    let conflicts_spec = tables::conflicts();
+    let mut seen = HashSet::new();
+    // Each refused link as (weaker identifier, stronger identifier, limited type, when).
+    let rank = |n: u32| {
+        (
+            g.rank[g.nodes[n as usize].ty as usize],
+            &*g.nodes[n as usize].value,
+        )
+    };
+    let refused: Vec<unionfind::Refused> = comps
+        .refused
+        .iter()
+        .filter(|r| seen.insert((r.link.a, r.link.b)))
+        .map(|r| {
+            let mut r = *r;
+            if rank(r.link.a) < rank(r.link.b) {
+                std::mem::swap(&mut r.link.a, &mut r.link.b);
+            }
+            r
+        })
+        .collect();
+    let node = |n: u32| &g.nodes[n as usize];
+    let ty = |n: u32| g.types[node(n).ty as usize].as_str();
+    let reasons: Vec<String> = refused
+        .iter()
+        .map(|r| {
+            let t = &g.types[r.limited_type as usize];
+            format!(
+                "linking would give one profile more than {} {t}",
+                config.limits[t]
+            )
+        })
+        .collect();
+    let conflicts = tables::rows(
+        &conflicts_spec,
+        vec![
+            tables::strings(refused.iter().map(|r| Some(ty(r.link.a)))),
+            tables::strings(refused.iter().map(|r| Some(&*node(r.link.a).value))),
+            tables::strings(refused.iter().map(|r| Some(ty(r.link.b)))),
+            tables::strings(refused.iter().map(|r| Some(&*node(r.link.b).value))),
+            tables::strings(
+                refused
+                    .iter()
+                    .map(|r| Some(g.types[r.limited_type as usize].as_str())),
+            ),
+            tables::strings(refused.iter().map(|r| Some(pid(r.link.a)))),
+            tables::strings(refused.iter().map(|r| Some(pid(r.link.b)))),
+            tables::times(refused.iter().map(|r| Some(r.link.at)))?,
+            tables::strings(reasons.iter().map(|s| Some(s.as_str()))),
+        ],
+    )?;
+    ws.storage
+        .write(&conflicts_spec, vec![conflicts], WriteMode::Replace)
+        .await?;
+
+    let changes = &assignment.changes;
+    if !changes.is_empty() {
+        let merges_spec = tables::merges();
+        let rows = tables::rows(
+            &merges_spec,
+            vec![
+                tables::strings(changes.iter().map(|c| Some(c.from.as_str()))),
+                tables::strings(changes.iter().map(|c| Some(c.into.as_str()))),
+                tables::strings(changes.iter().map(|c| Some(c.kind))),
+                tables::times(changes.iter().map(|_| Some(started)))?,
+                tables::strings(changes.iter().map(|c| Some(c.reason.as_str()))),
+                tables::strings(changes.iter().map(|_| Some(run_id.as_str()))),
+            ],
+        )?;
+        ws.storage
+            .write(&merges_spec, vec![rows], WriteMode::Append)
+            .await?;
+    }
+
+    let skipped: Vec<SkipCount> = g
+        .skipped
+        .iter()
+        .map(|((t, reason), count)| SkipCount {
+            id_type: t.clone(),
+            reason: reason.describe().to_string(),
+            count: *count,
+        })
+        .collect();
+    let mut large: Vec<LargeProfile> = profiles
+        .iter()
+        .filter(|p| p.identifiers as usize > config.large_profile)
+        .map(|p| LargeProfile {
+            profile_id: p.id.clone(),
+            identifiers: p.identifiers,
+        })
+        .collect();
+    large.sort_by(|a, b| {
+        b.identifiers
+            .cmp(&a.identifiers)
+            .then(a.profile_id.cmp(&b.profile_id))
+    });
+    let report = Report {
+        run_id: run_id.clone(),
+        mode: if full { "full" } else { "incremental" }.to_string(),
+        full_because,
+        sightings: all.len() as u64,
+        new_sightings: new_count,
+        identifiers: g.nodes.len() as u64,
+        links: g.links.len() as u64,
+        profiles: profiles.len() as u64,
+        known_profiles: profiles.iter().filter(|p| p.is_known).count() as u64,
+        merges: changes.iter().filter(|c| c.kind == "merge").count() as u64,
+        splits: changes.iter().filter(|c| c.kind == "split").count() as u64,
+        conflicts: refused.len() as u64,
+        skipped,
+        large_profiles: large,
+        seconds: clock.elapsed().as_secs_f64(),
+    };
+
+    let runs_spec = tables::runs();
+    let finished = chrono::Utc::now().timestamp_micros();
+    let skipped_json = serde_json::to_string(&report.skipped).expect("serialises");
+    let versions_json = serde_json::to_string(&versions).expect("serialises");
+    let run_row = tables::rows(
+        &runs_spec,
+        vec![
+            tables::strings([Some(run_id.as_str())]),
+            tables::strings([Some(report.mode.as_str())]),
+            tables::times([Some(started)])?,
+            tables::times([Some(finished)])?,
+            tables::strings([Some(versions_json.as_str())]),
+            tables::longs([report.sightings as i64]),
+            tables::longs([report.new_sightings as i64]),
+            tables::longs([report.identifiers as i64]),
+            tables::longs([report.profiles as i64]),
+            tables::longs([report.merges as i64]),
+            tables::longs([report.splits as i64]),
+            tables::longs([report.conflicts as i64]),
+            tables::strings([Some(skipped_json.as_str())]),
+        ],
+    )?;
+    ws.storage
+        .write(&runs_spec, vec![run_row], WriteMode::Append)
+        .await?;
+    Ok(report)
+}
+
+/// (key type, key, profile id) for every user id, anonymous id and id-less event message:
+/// what the `profile_events` view joins events on.
+fn profile_keys<'a>(
+    g: &graph::Graph,
+    sightings: &'a [Sighting],
+    pid: &impl Fn(u32) -> &'a str,
+) -> Vec<(&'static str, &'a str, &'a str)> {
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    let mut out = Vec::new();
+    for (i, s) in sightings.iter().enumerate() {
+        let (user, anon) = g.keys[i];
+        if let (Some(raw), Some(n)) = (s.user_id.as_deref(), user)
+            && seen.insert(("user_id", raw))
+        {
+            out.push(("user_id", raw, pid(n)));
+        }
+        if let (Some(raw), Some(n)) = (s.anonymous_id.as_deref(), anon)
+            && seen.insert(("anonymous_id", raw))
+        {
+            out.push(("anonymous_id", raw, pid(n)));
+        }
+        if let (Some(msg), Some(n)) = (s.message_id.as_deref(), g.owner[i])
+            && seen.insert(("message_id", msg))
+        {
+            out.push(("message_id", msg, pid(n)));
+        }
+    }
+    out
+}
+
+/// The completed runs, oldest first.
+async fn load_runs(ws: &Workspace) -> Result<Vec<Run>> {
+    let rows = query_table(
+        ws,
+        &tables::runs(),
+        "select run_id, versions from t order by started_at, run_id",
+    )
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let versions = serde_json::from_str(&r[1])
+                .map_err(|e| Error::Other(format!("resolve_runs: bad versions {:?}: {e}", r[1])))?;
+            Ok(Run {
+                id: r[0].clone(),
+                versions,
+            })
+        })
+        .collect()
+}
+
+async fn distinct_runs(table: &deltalake::DeltaTable) -> Result<Vec<String>> {
+    let ctx = crate::sql::new_context(1024)?;
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| Error::delta("identity_links", e))?;
+    ctx.register_table("t", table.table_provider().await?)?;
+    let batches = ctx
+        .sql("select distinct run_id from t")
+        .await?
+        .collect()
+        .await?;
+    let mut out = Vec::new();
+    for b in batches {
+        let s = sightings::strings(b.column(0))?;
+        out.extend((0..b.num_rows()).map(|i| s.value(i).to_string()));
+    }
+    Ok(out)
+}
+
+/// Runs `query` over the table of `spec` (named `t`) and returns its rows as text; no rows when
+/// the table does not exist.
+pub async fn query_table(
+    ws: &Workspace,
+    spec: &TableSpec,
+    query: &str,
+) -> Result<Vec<Vec<String>>> {
+    let Some(table) = ws.storage.open(spec).await? else {
+        return Ok(Vec::new());
+    };
+    let ctx = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| Error::delta(&spec.name, e))?;
+    ctx.register_table("t", table.table_provider().await?)?;
+    let mut stream = ctx.sql(query).await?.execute_stream().await?;
+    let mut out = Vec::new();
+    while let Some(b) = stream.try_next().await? {
+        let cols: Vec<_> = b
+            .columns()
+            .iter()
+            .map(sightings::strings)
+            .collect::<Result<_>>()?;
+        for i in 0..b.num_rows() {
+            out.push(
+                cols.iter()
+                    .map(|c| {
+                        if c.is_null(i) {
+                            String::new()
+                        } else {
+                            c.value(i).to_string()
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Each node's profile id from the previous run, as an index into the returned id list.
+async fn load_old_ids(ws: &Workspace, g: &graph::Graph) -> Result<(Vec<Option<u32>>, Vec<String>)> {
+    let rows = query_table(
+        ws,
+        &tables::identities(),
+        "select id_type, id_value, profile_id from t",
+    )
+    .await?;
+    let mut old = vec![None; g.nodes.len()];
+    let mut index: HashMap<String, u32> = HashMap::new();
+    let mut ids = Vec::new();
+    for r in rows {
+        let Some(n) = g.find(&r[0], &r[1]) else {
+            continue;
+        };
+        let next = ids.len() as u32;
+        let i = *index.entry(r[2].clone()).or_insert_with(|| {
+            ids.push(r[2].clone());
+            next
+        });
+        old[n as usize] = Some(i);
+    }
+    Ok((old, ids))
+}
+
+/// Skip counts keyed for display.
+pub fn skipped_by_reason(report: &Report) -> BTreeMap<String, u64> {
+    report
+        .skipped
+        .iter()
+        .map(|s| (format!("{} ({})", s.id_type, s.reason), s.count))
+        .collect()
+}

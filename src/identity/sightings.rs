@@ -1,0 +1,457 @@
+//! Sightings: what the sources say about who is who. A sighting is one distinct combination of
+//! identifiers (and traits) seen together, with when and how often. They are extracted from
+//! events and record tables by SQL, stored in the `identity_links` table, and every resolve
+//! run rebuilds profiles from them, so rule changes apply to everything seen so far.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
+use deltalake::DeltaTable;
+use deltalake::kernel::{Action, Add};
+use futures::TryStreamExt;
+use serde_json::{Map, Value};
+
+use crate::config::{Config, ValueType};
+use crate::error::{Error, Result};
+use crate::storage::TableSpec;
+use crate::storage::schema::timestamp_type;
+
+/// Where a sighting came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Event,
+    Record,
+}
+
+/// Identifiers (and traits) seen together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sighting {
+    pub kind: Kind,
+    /// The event `source` column, or the record source name.
+    pub source: String,
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub previous_id: Option<String>,
+    /// Set for events that carry neither a user id nor an anonymous id.
+    pub message_id: Option<String>,
+    /// Typed identifiers: `context.externalIds` of events, identifier columns of records.
+    pub external_ids: Vec<(String, String)>,
+    /// Trait values (JSON object text).
+    pub traits: Option<String>,
+    /// `context.traits` of events (JSON object text).
+    pub context_traits: Option<String>,
+    /// Consent per channel from record consent columns (JSON object text).
+    pub consent: Option<String>,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// How many events or rows the sighting stands for.
+    pub count: i64,
+}
+
+/// The `identity_links` table.
+pub fn spec() -> TableSpec {
+    let text = |n: &str| Field::new(n, DataType::Utf8, true);
+    TableSpec {
+        name: "identity_links".into(),
+        path: "identity_links".into(),
+        schema: Arc::new(Schema::new(vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("source", DataType::Utf8, false),
+            text("user_id"),
+            text("anonymous_id"),
+            text("previous_id"),
+            text("message_id"),
+            text("external_ids"),
+            text("traits"),
+            text("context_traits"),
+            text("consent"),
+            Field::new("first_seen", timestamp_type(), false),
+            Field::new("last_seen", timestamp_type(), false),
+            Field::new("count", DataType::Int64, false),
+        ])),
+        partition_columns: vec![],
+    }
+}
+
+/// Sightings as a batch of the `identity_links` table, stamped with `run_id`.
+pub fn to_batch(run_id: &str, sightings: &[Sighting]) -> Result<RecordBatch> {
+    let mut cols: Vec<StringBuilder> = (0..11).map(|_| StringBuilder::new()).collect();
+    let mut first = Int64Builder::new();
+    let mut last = Int64Builder::new();
+    let mut count = Int64Builder::new();
+    for s in sightings {
+        cols[0].append_value(run_id);
+        cols[1].append_value(match s.kind {
+            Kind::Event => "event",
+            Kind::Record => "record",
+        });
+        cols[2].append_value(&s.source);
+        cols[3].append_option(s.user_id.as_deref());
+        cols[4].append_option(s.anonymous_id.as_deref());
+        cols[5].append_option(s.previous_id.as_deref());
+        cols[6].append_option(s.message_id.as_deref());
+        let ext = (!s.external_ids.is_empty())
+            .then(|| serde_json::to_string(&s.external_ids).expect("strings serialise"));
+        cols[7].append_option(ext);
+        cols[8].append_option(s.traits.as_deref());
+        cols[9].append_option(s.context_traits.as_deref());
+        cols[10].append_option(s.consent.as_deref());
+        first.append_value(s.first_seen);
+        last.append_value(s.last_seen);
+        count.append_value(s.count);
+    }
+    let schema = spec().schema;
+    let ts =
+        |b: &mut Int64Builder| -> Result<ArrayRef> { Ok(cast(&b.finish(), &timestamp_type())?) };
+    let mut arrays: Vec<ArrayRef> = cols
+        .iter_mut()
+        .map(|b| Arc::new(b.finish()) as ArrayRef)
+        .collect();
+    arrays.push(ts(&mut first)?);
+    arrays.push(ts(&mut last)?);
+    arrays.push(Arc::new(count.finish()));
+    Ok(RecordBatch::try_new(schema, arrays)?)
+}
+
+/// Reads stored sightings of the given runs.
+pub async fn load(table: &DeltaTable, runs: &[String]) -> Result<Vec<Sighting>> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = crate::sql::new_context(4096)?;
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| Error::delta("identity_links", e))?;
+    ctx.register_table("identity_links", table.table_provider().await?)?;
+    let list = runs
+        .iter()
+        .map(|r| format!("'{}'", r.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let query = format!(
+        "select kind, source, user_id, anonymous_id, previous_id, message_id, external_ids, traits, \
+         context_traits, consent, first_seen, last_seen, count from identity_links where run_id in ({list})"
+    );
+    let mut out = Vec::new();
+    let mut stream = ctx.sql(&query).await?.execute_stream().await?;
+    while let Some(batch) = stream.try_next().await? {
+        let s: Vec<StringArray> = (0..10)
+            .map(|i| strings(batch.column(i)))
+            .collect::<Result<_>>()?;
+        let first = ints(batch.column(10))?;
+        let last = ints(batch.column(11))?;
+        let count = ints(batch.column(12))?;
+        for row in 0..batch.num_rows() {
+            let get = |i: usize| (!s[i].is_null(row)).then(|| s[i].value(row).to_string());
+            let external_ids = match get(6) {
+                Some(text) => serde_json::from_str(&text).map_err(|e| {
+                    Error::Other(format!("identity_links: bad external_ids {text:?}: {e}"))
+                })?,
+                None => Vec::new(),
+            };
+            out.push(Sighting {
+                kind: if s[0].value(row) == "record" {
+                    Kind::Record
+                } else {
+                    Kind::Event
+                },
+                source: s[1].value(row).to_string(),
+                user_id: get(2),
+                anonymous_id: get(3),
+                previous_id: get(4),
+                message_id: get(5),
+                external_ids,
+                traits: get(7),
+                context_traits: get(8),
+                consent: get(9),
+                first_seen: first.value(row),
+                last_seen: last.value(row),
+                count: count.value(row),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The files that commits after `since` added to `table`, or `None` when they cannot be told
+/// apart from older data (a commit removed or rewrote files, or the log was cleaned up).
+pub async fn added_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Add>>> {
+    let name = crate::storage::table_name(table);
+    let current = table.version().map_or(-1, |v| v as i64);
+    let mut adds = Vec::new();
+    for version in (since + 1)..=current {
+        let Some(bytes) = table
+            .log_store()
+            .read_commit_entry(version as u64)
+            .await
+            .map_err(|e| Error::delta(&name, e))?
+        else {
+            return Ok(None);
+        };
+        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
+            .map_err(|e| Error::delta(&name, e))?;
+        for action in actions {
+            match action {
+                Action::Remove(_) => return Ok(None),
+                Action::Add(add) if add.data_change => adds.push(add),
+                Action::Add(_) => return Ok(None),
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(adds))
+}
+
+/// Which files of a table to scan.
+pub enum Files {
+    All,
+    Only(Vec<Add>),
+}
+
+async fn register(
+    ctx: &datafusion::prelude::SessionContext,
+    table: &DeltaTable,
+    files: Files,
+) -> Result<bool> {
+    let name = crate::storage::table_name(table);
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| Error::delta(&name, e))?;
+    let provider = match files {
+        Files::All => table.table_provider().await?,
+        Files::Only(adds) if adds.is_empty() => return Ok(false),
+        Files::Only(adds) => table.table_provider().with_adds(adds).await?,
+    };
+    ctx.register_table("src", provider)?;
+    Ok(true)
+}
+
+/// Sightings in events: distinct combinations of ids, traits and identifying context.
+pub async fn scan_events(table: &DeltaTable, files: Files) -> Result<Vec<Sighting>> {
+    let ctx = crate::sql::new_context(4096)?;
+    if !register(&ctx, table, files).await? {
+        return Ok(Vec::new());
+    }
+    // Only contexts that can carry identifiers are read as JSON; the rest is skipped by a
+    // substring test, which is what keeps this scan cheap on page views.
+    let query = r#"
+        select user_id, anonymous_id, previous_id,
+               case when user_id is null and anonymous_id is null then message_id end as message_id,
+               case when type <> 'group' then traits end as traits,
+               case when context like '%"traits"%' or context like '%"externalIds"%' then context end as context,
+               source, min(timestamp) as first_seen, max(timestamp) as last_seen, count(*) as n
+        from src group by 1, 2, 3, 4, 5, 6, 7"#;
+    let mut out = Vec::new();
+    let mut stream = ctx.sql(query).await?.execute_stream().await?;
+    while let Some(batch) = stream.try_next().await? {
+        let s: Vec<StringArray> = (0..7)
+            .map(|i| strings(batch.column(i)))
+            .collect::<Result<_>>()?;
+        let (first, last, n) = (
+            ints(batch.column(7))?,
+            ints(batch.column(8))?,
+            ints(batch.column(9))?,
+        );
+        for row in 0..batch.num_rows() {
+            let get = |i: usize| (!s[i].is_null(row)).then(|| s[i].value(row).to_string());
+            let (context_traits, external_ids) = match get(5) {
+                Some(text) => identifying_context(&text),
+                None => (None, Vec::new()),
+            };
+            out.push(Sighting {
+                kind: Kind::Event,
+                source: s[6].value(row).to_string(),
+                user_id: get(0),
+                anonymous_id: get(1),
+                previous_id: get(2),
+                message_id: get(3),
+                external_ids,
+                traits: get(4).filter(|t| t != "{}"),
+                context_traits,
+                consent: None,
+                first_seen: first.value(row),
+                last_seen: last.value(row),
+                count: n.value(row),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `context.traits` (as text) and `context.externalIds` (as (type, id) pairs) of a context.
+fn identifying_context(text: &str) -> (Option<String>, Vec<(String, String)>) {
+    let Ok(Value::Object(context)) = serde_json::from_str::<Value>(text) else {
+        return (None, Vec::new());
+    };
+    let traits = match context.get("traits") {
+        Some(Value::Object(t)) if !t.is_empty() => Some(Value::Object(t.clone()).to_string()),
+        _ => None,
+    };
+    let mut ids = Vec::new();
+    if let Some(Value::Array(list)) = context.get("externalIds") {
+        for item in list {
+            let (Some(ty), Some(id)) = (item.get("type"), item.get("id")) else {
+                continue;
+            };
+            let id = match id {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => continue,
+            };
+            if let Value::String(ty) = ty {
+                ids.push((ty.clone(), id));
+            }
+        }
+    }
+    (traits, ids)
+}
+
+/// Sightings in one record source's table: its identifier, trait and consent columns.
+pub async fn scan_records(
+    config: &Config,
+    name: &str,
+    table: &DeltaTable,
+    files: Files,
+) -> Result<Vec<Sighting>> {
+    let source = &config.records[name];
+    if source.identifiers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = crate::sql::new_context(4096)?;
+    if !register(&ctx, table, files).await? {
+        return Ok(Vec::new());
+    }
+    let quote = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
+    let mut columns: Vec<(char, String, String)> = Vec::new();
+    for (ty, col) in &source.identifiers {
+        columns.push(('i', ty.clone(), col.clone()));
+    }
+    for (t, col) in &source.traits {
+        columns.push(('t', t.clone(), col.clone()));
+    }
+    for (channel, col) in &source.consent {
+        columns.push(('c', channel.clone(), col.clone()));
+    }
+    let time = source
+        .event
+        .as_ref()
+        .map_or("_ingested_at".to_string(), |e| quote(&e.timestamp));
+    let select: Vec<String> = columns
+        .iter()
+        .map(|(_, _, col)| format!("cast({} as varchar)", quote(col)))
+        .collect();
+    let groups: Vec<String> = (1..=columns.len()).map(|i| i.to_string()).collect();
+    let query = format!(
+        "select {}, min({time}) as first_seen, max({time}) as last_seen, count(*) as n from src group by {}",
+        select.join(", "),
+        groups.join(", ")
+    );
+    let mut out = Vec::new();
+    let mut stream = ctx.sql(&query).await?.execute_stream().await?;
+    let k = columns.len();
+    while let Some(batch) = stream.try_next().await? {
+        let s: Vec<StringArray> = (0..k)
+            .map(|i| strings(batch.column(i)))
+            .collect::<Result<_>>()?;
+        let (first, last, n) = (
+            ints(&cast(batch.column(k), &timestamp_type())?)?,
+            ints(&cast(batch.column(k + 1), &timestamp_type())?)?,
+            ints(batch.column(k + 2))?,
+        );
+        for row in 0..batch.num_rows() {
+            let mut ids = Vec::new();
+            let mut traits = Map::new();
+            let mut consent = Map::new();
+            for (i, (what, key, col)) in columns.iter().enumerate() {
+                if s[i].is_null(row) {
+                    continue;
+                }
+                let text = s[i].value(row);
+                match what {
+                    'i' => ids.push((key.clone(), text.to_string())),
+                    't' => {
+                        traits.insert(key.clone(), typed(text, source.columns.get(col)));
+                    }
+                    _ => {
+                        consent.insert(key.clone(), Value::String(text.to_string()));
+                    }
+                }
+            }
+            let object =
+                |m: Map<String, Value>| (!m.is_empty()).then(|| Value::Object(m).to_string());
+            out.push(Sighting {
+                kind: Kind::Record,
+                source: name.to_string(),
+                user_id: None,
+                anonymous_id: None,
+                previous_id: None,
+                message_id: None,
+                external_ids: ids,
+                traits: object(traits),
+                context_traits: None,
+                consent: object(consent),
+                first_seen: first.value(row),
+                last_seen: last.value(row),
+                count: n.value(row),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A record cell as the JSON value its declared column type says it is.
+fn typed(text: &str, ty: Option<&ValueType>) -> Value {
+    let parsed = match ty {
+        Some(ValueType::Double) => text
+            .parse::<f64>()
+            .ok()
+            .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number)),
+        Some(ValueType::Long) => text.parse::<i64>().ok().map(Value::from),
+        Some(ValueType::Boolean) => text.parse::<bool>().ok().map(Value::Bool),
+        _ => None,
+    };
+    parsed.unwrap_or_else(|| Value::String(text.to_string()))
+}
+
+/// A string column of any string encoding as plain `Utf8`.
+pub fn strings(col: &ArrayRef) -> Result<StringArray> {
+    let utf8 = cast(col, &DataType::Utf8)?;
+    Ok(utf8
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("cast to Utf8 gives a StringArray")
+        .clone())
+}
+
+/// An integer or timestamp column as `i64` values (timestamps in microseconds).
+pub fn ints(col: &ArrayRef) -> Result<Int64Array> {
+    let col = match col.data_type() {
+        DataType::Timestamp(_, _) => cast(col, &timestamp_type())?,
+        _ => col.clone(),
+    };
+    let longs = cast(&col, &DataType::Int64)?;
+    Ok(longs
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("cast to Int64 gives an Int64Array")
+        .clone())
+}
+
+/// Record source names with identifier columns, in config order.
+pub fn record_sources(config: &Config) -> Vec<String> {
+    config
+        .records
+        .iter()
+        .filter(|(_, s)| !s.identifiers.is_empty())
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Versions of the source tables a run read, by table name (`events`, `crm`, ...).
+pub type Versions = BTreeMap<String, i64>;

@@ -1,0 +1,320 @@
+//! The tables identity resolution writes, and their rows as Arrow batches: `identities`,
+//! `profiles`, `profile_keys` (how the `profile_events` view finds an event's profile),
+//! `identity_conflicts`, `profile_merges` and `resolve_runs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Schema};
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::identity::profiles::{Profile, traits_json};
+use crate::storage::TableSpec;
+use crate::storage::schema::timestamp_type;
+
+fn spec(name: &str, fields: Vec<Field>, partition: &[&str]) -> TableSpec {
+    TableSpec {
+        name: name.into(),
+        path: name.into(),
+        schema: Arc::new(Schema::new(fields)),
+        partition_columns: partition.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn text(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+fn ts(name: &str) -> Field {
+    Field::new(name, timestamp_type(), true)
+}
+fn long(name: &str) -> Field {
+    Field::new(name, DataType::Int64, false)
+}
+
+pub fn identities() -> TableSpec {
+    spec(
+        "identities",
+        vec![
+            text("id_type", false),
+            text("id_value", false),
+            text("profile_id", false),
+            ts("first_seen"),
+            ts("last_seen"),
+            text("sources", false),
+        ],
+        &[],
+    )
+}
+
+pub fn profile_keys() -> TableSpec {
+    spec(
+        "profile_keys",
+        vec![
+            text("key", false),
+            text("profile_id", false),
+            text("key_type", false),
+        ],
+        &["key_type"],
+    )
+}
+
+pub fn conflicts() -> TableSpec {
+    spec(
+        "identity_conflicts",
+        vec![
+            text("id_type", false),
+            text("id_value", false),
+            text("other_type", false),
+            text("other_value", false),
+            text("limited_type", false),
+            text("profile_id", false),
+            text("other_profile_id", false),
+            ts("first_seen"),
+            text("reason", false),
+        ],
+        &[],
+    )
+}
+
+pub fn merges() -> TableSpec {
+    spec(
+        "profile_merges",
+        vec![
+            text("from_profile", false),
+            text("into_profile", false),
+            text("kind", false),
+            ts("at"),
+            text("reason", false),
+            text("run_id", false),
+        ],
+        &[],
+    )
+}
+
+pub fn runs() -> TableSpec {
+    spec(
+        "resolve_runs",
+        vec![
+            text("run_id", false),
+            text("mode", false),
+            ts("started_at"),
+            ts("finished_at"),
+            text("versions", false),
+            long("sightings"),
+            long("new_sightings"),
+            long("identifiers"),
+            long("profiles"),
+            long("merges"),
+            long("splits"),
+            long("conflicts"),
+            text("skipped", false),
+        ],
+        &[],
+    )
+}
+
+/// Builds a batch column by column: each column is (field, array).
+fn batch(columns: Vec<(Field, ArrayRef)>) -> Result<RecordBatch> {
+    let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = columns.into_iter().unzip();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+pub fn strings<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> ArrayRef {
+    let mut b = StringBuilder::new();
+    for v in values {
+        b.append_option(v);
+    }
+    Arc::new(b.finish())
+}
+
+pub fn times(values: impl IntoIterator<Item = Option<i64>>) -> Result<ArrayRef> {
+    let mut b = Int64Builder::new();
+    for v in values {
+        b.append_option(v);
+    }
+    Ok(cast(&b.finish(), &timestamp_type())?)
+}
+
+pub fn longs(values: impl IntoIterator<Item = i64>) -> ArrayRef {
+    let mut b = Int64Builder::new();
+    for v in values {
+        b.append_value(v);
+    }
+    Arc::new(b.finish())
+}
+
+/// A batch in `spec`'s schema from arrays in its column order.
+pub fn rows(spec: &TableSpec, arrays: Vec<ArrayRef>) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(spec.schema.clone(), arrays)?)
+}
+
+/// Columns every profile has, before consent and trait columns.
+const FIXED: &[&str] = &[
+    "profile_id",
+    "is_known",
+    "user_id",
+    "email",
+    "phone",
+    "identifiers",
+    "first_seen",
+    "last_seen",
+    "events",
+    "sources",
+    "traits",
+];
+
+/// The `profiles` table: fixed columns, `consent_<channel>`, then one typed column per trait.
+pub fn profiles_batch(
+    profiles: &[Profile],
+    skip_traits: &[String],
+) -> Result<(TableSpec, RecordBatch)> {
+    let opt = |f: fn(&Profile) -> Option<&str>| strings(profiles.iter().map(f));
+    let mut cols: Vec<(Field, ArrayRef)> = vec![
+        (
+            text("profile_id", false),
+            strings(profiles.iter().map(|p| Some(p.id.as_str()))),
+        ),
+        (Field::new("is_known", DataType::Boolean, false), {
+            let mut b = BooleanBuilder::new();
+            profiles.iter().for_each(|p| b.append_value(p.is_known));
+            Arc::new(b.finish())
+        }),
+        (text("user_id", true), opt(|p| p.user_id.as_deref())),
+        (text("email", true), opt(|p| p.email.as_deref())),
+        (text("phone", true), opt(|p| p.phone.as_deref())),
+        (
+            long("identifiers"),
+            longs(profiles.iter().map(|p| p.identifiers)),
+        ),
+        (
+            ts("first_seen"),
+            times(profiles.iter().map(|p| Some(p.first_seen)))?,
+        ),
+        (
+            ts("last_seen"),
+            times(profiles.iter().map(|p| Some(p.last_seen)))?,
+        ),
+        (long("events"), longs(profiles.iter().map(|p| p.events))),
+        (text("sources", false), {
+            let joined: Vec<String> = profiles
+                .iter()
+                .map(|p| p.sources.iter().cloned().collect::<Vec<_>>().join(","))
+                .collect();
+            strings(joined.iter().map(|s| Some(s.as_str())))
+        }),
+        (text("traits", false), {
+            let json: Vec<String> = profiles.iter().map(traits_json).collect();
+            strings(json.iter().map(|s| Some(s.as_str())))
+        }),
+    ];
+    let channels: BTreeSet<&String> = profiles.iter().flat_map(|p| p.consent.keys()).collect();
+    for channel in channels {
+        let mut b = BooleanBuilder::new();
+        profiles
+            .iter()
+            .for_each(|p| b.append_option(p.consent.get(channel).copied()));
+        cols.push((
+            Field::new(format!("consent_{channel}"), DataType::Boolean, true),
+            Arc::new(b.finish()),
+        ));
+    }
+    let mut kinds: BTreeMap<&String, Ty> = BTreeMap::new();
+    for p in profiles {
+        for (field, v) in &p.traits {
+            let t = kinds.entry(field).or_insert(Ty::of(v));
+            *t = t.join(Ty::of(v));
+        }
+    }
+    for (field, ty) in kinds {
+        if skip_traits.contains(field) {
+            continue;
+        }
+        let name = if FIXED.contains(&field.as_str()) || field.starts_with("consent_") {
+            format!("trait_{field}")
+        } else {
+            field.clone()
+        };
+        if cols.iter().any(|(f, _)| f.name() == &name) {
+            continue;
+        }
+        let values = profiles.iter().map(|p| p.traits.get(field));
+        cols.push(ty.column(&name, values));
+    }
+    let batch = batch(cols)?;
+    let spec = TableSpec {
+        name: "profiles".into(),
+        path: "profiles".into(),
+        schema: batch.schema(),
+        partition_columns: vec![],
+    };
+    Ok((spec, batch))
+}
+
+/// The column type a trait gets: the narrowest that holds every value seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    Bool,
+    Long,
+    Double,
+    Text,
+}
+
+impl Ty {
+    fn of(v: &Value) -> Ty {
+        match v {
+            Value::Bool(_) => Ty::Bool,
+            Value::Number(n) if n.is_i64() => Ty::Long,
+            Value::Number(_) => Ty::Double,
+            _ => Ty::Text,
+        }
+    }
+
+    fn join(self, other: Ty) -> Ty {
+        match (self, other) {
+            (a, b) if a == b => a,
+            (Ty::Long, Ty::Double) | (Ty::Double, Ty::Long) => Ty::Double,
+            _ => Ty::Text,
+        }
+    }
+
+    fn column<'a>(
+        self,
+        name: &str,
+        values: impl Iterator<Item = Option<&'a Value>>,
+    ) -> (Field, ArrayRef) {
+        let array: ArrayRef = match self {
+            Ty::Bool => {
+                let mut b = BooleanBuilder::new();
+                values.for_each(|v| b.append_option(v.and_then(Value::as_bool)));
+                Arc::new(b.finish())
+            }
+            Ty::Long => {
+                let mut b = Int64Builder::new();
+                values.for_each(|v| b.append_option(v.and_then(Value::as_i64)));
+                Arc::new(b.finish())
+            }
+            Ty::Double => {
+                let mut b = Float64Builder::new();
+                values.for_each(|v| b.append_option(v.and_then(Value::as_f64)));
+                Arc::new(b.finish())
+            }
+            Ty::Text => {
+                let mut b = StringBuilder::new();
+                values.for_each(|v| {
+                    b.append_option(v.map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    }))
+                });
+                Arc::new(b.finish())
+            }
+        };
+        let ty = array.data_type().clone();
+        (Field::new(name, ty, true), array)
+    }
+}

@@ -1,0 +1,468 @@
+//! Identity resolution through the real binary: quality on demo data, incremental runs equal
+//! full ones, over-merging rules, stable ids with merges and splits, trait merge rules, and
+//! the same on a real S3 server.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{Backend, ok, run, sql, sql_count, tribe, workspace, write};
+use serde_json::Value;
+
+fn json(dir: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--format", "json"]);
+    let out = ok(tribe(dir).args(&all));
+    let value: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    // Reports print as a one-element array in JSON.
+    match value {
+        Value::Array(mut items) if items.len() == 1 => items.remove(0),
+        other => other,
+    }
+}
+
+fn identify(id: &str, user: Option<&str>, anon: Option<&str>, ts: &str, traits: &str) -> String {
+    let mut m = serde_json::json!({"type": "identify", "messageId": id, "timestamp": ts,
+        "traits": serde_json::from_str::<Value>(traits).unwrap()});
+    if let Some(u) = user {
+        m["userId"] = u.into();
+    }
+    if let Some(a) = anon {
+        m["anonymousId"] = a.into();
+    }
+    m.to_string()
+}
+
+fn page(id: &str, anon: &str, ts: &str) -> String {
+    format!(
+        r#"{{"type":"page","messageId":"{id}","anonymousId":"{anon}","name":"Home","timestamp":"{ts}"}}"#
+    )
+}
+
+fn ingest(dir: &Path, name: &str, lines: &[String]) {
+    let file = write(dir, name, &(lines.join("\n") + "\n"));
+    ok(tribe(dir).args(["ingest", "events", file.to_str().unwrap()]));
+}
+
+/// profile id by identifier, from the identities table.
+fn profile_of(dir: &Path, ty: &str, value: &str) -> String {
+    let rows = sql(
+        dir,
+        &format!(
+            "select profile_id from identities where id_type = '{ty}' and id_value = '{value}'"
+        ),
+    );
+    assert_eq!(rows.len(), 1, "{ty} {value}: {rows:?}");
+    rows[0].clone()
+}
+
+#[test]
+fn demo_profiles_match_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(tribe(dir.path()).args(["demo", "d", "--people", "400", "--seed", "7"]));
+    let ws = dir.path().join("d");
+    let report = json(&ws, &["resolve"]);
+    assert_eq!(report["mode"], "full", "{report}");
+    let scores = json(&ws, &["resolve", "--evaluate", "truth.csv", "--no-run"]);
+    let (precision, recall) = (
+        scores["precision"].as_f64().unwrap(),
+        scores["recall"].as_f64().unwrap(),
+    );
+    assert!(precision >= 0.999, "precision {precision}: {scores}");
+    assert!(recall >= 0.99, "recall {recall}: {scores}");
+    assert!(scores["found"].as_u64().unwrap() > 0);
+
+    // Every event that carries an identifier has a profile.
+    assert_eq!(
+        sql_count(
+            &ws,
+            "select count(*) from profile_events where profile_id is null"
+        ),
+        0
+    );
+    let events = sql_count(&ws, "select count(*) from events");
+    assert_eq!(
+        sql_count(&ws, "select count(*) from profile_events"),
+        events
+    );
+    // Profile event counts add up to the events.
+    assert_eq!(sql_count(&ws, "select sum(events) from profiles"), events);
+
+    // A noisy spelling of an e-mail from the truth finds its person.
+    let rows = sql(
+        &ws,
+        "select id_value from 'truth.csv' where id_type = 'email' and id_value <> lower(trim(id_value)) limit 1",
+    );
+    let noisy = &rows[0];
+    let view = json(&ws, &["profile", "show", noisy]);
+    let ids: Vec<&str> = view["identifiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id_value"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&noisy.trim().to_lowercase().as_str()),
+        "{view}"
+    );
+    assert!(
+        !view["recent_events"].as_array().unwrap().is_empty(),
+        "{view}"
+    );
+
+    // Nothing new: the next run is incremental and changes no id.
+    let before = sql(
+        &ws,
+        "select id_type, id_value, profile_id from identities order by 1, 2",
+    );
+    let again = json(&ws, &["resolve"]);
+    assert_eq!(again["mode"], "incremental", "{again}");
+    assert_eq!(again["new_sightings"], 0, "{again}");
+    assert_eq!(
+        sql(
+            &ws,
+            "select id_type, id_value, profile_id from identities order by 1, 2"
+        ),
+        before
+    );
+}
+
+/// Splits a JSON lines file in two by line.
+fn halves(path: &Path) -> (String, String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mid = lines.len() / 2;
+    (
+        lines[..mid].join("\n") + "\n",
+        lines[mid..].join("\n") + "\n",
+    )
+}
+
+#[test]
+fn incremental_runs_equal_a_full_run() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(tribe(dir.path()).args(["demo", "d", "--people", "200", "--seed", "11"]));
+    let demo = dir.path().join("d");
+    let config = std::fs::read_to_string(demo.join("tribe.toml")).unwrap();
+    let src = demo.join("sources");
+    let (web1, web2) = halves(&src.join("web.jsonl"));
+
+    // Step by step: part of the data, resolve; the rest, resolve again.
+    let inc = dir.path().join("inc");
+    std::fs::create_dir(&inc).unwrap();
+    std::fs::write(inc.join("tribe.toml"), &config).unwrap();
+    let web1 = write(&inc, "web1.jsonl", &web1);
+    let web2 = write(&inc, "web2.jsonl", &web2);
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    ok(tribe(&inc).args(["ingest", "events", &path(&web1)]));
+    ok(tribe(&inc).args([
+        "ingest",
+        "records",
+        "--source",
+        "crm",
+        &path(&src.join("crm_contacts.csv")),
+    ]));
+    json(&inc, &["resolve"]);
+    ok(tribe(&inc).args([
+        "ingest",
+        "events",
+        &path(&web2),
+        &path(&src.join("app.jsonl")),
+        &path(&src.join("email.jsonl")),
+    ]));
+    ok(tribe(&inc).args([
+        "ingest",
+        "records",
+        "--source",
+        "pos",
+        &path(&src.join("pos_orders.parquet")),
+    ]));
+    let second = json(&inc, &["resolve"]);
+    assert_eq!(second["mode"], "incremental", "{second}");
+    assert!(second["new_sightings"].as_u64().unwrap() > 0);
+    let identities = "select id_type, id_value, profile_id from identities order by 1, 2";
+    let profiles = "select * from profiles order by profile_id";
+    let keys = "select key_type, key, profile_id from profile_keys order by 1, 2";
+    let (inc_ids, inc_profiles, inc_keys) =
+        (sql(&inc, identities), sql(&inc, profiles), sql(&inc, keys));
+
+    // The same workspace, recomputed from scratch: identical, ids included.
+    let full = json(&inc, &["resolve", "--full"]);
+    assert_eq!(full["mode"], "full");
+    assert_eq!(full["merges"], 0, "{full}");
+    assert_eq!(full["splits"], 0, "{full}");
+    assert_eq!(sql(&inc, identities), inc_ids);
+    assert_eq!(sql(&inc, profiles), inc_profiles);
+    assert_eq!(sql(&inc, keys), inc_keys);
+
+    // A fresh workspace with all the data at once groups the identifiers the same way.
+    let groups = "select string_agg(id_type || ':' || id_value, ' ' order by id_type, id_value) as g \
+                  from identities group by profile_id order by g";
+    json(&demo, &["resolve"]);
+    assert_eq!(sql(&inc, groups), sql(&demo, groups));
+}
+
+#[test]
+fn limits_blocks_merges_and_splits() {
+    let ws = workspace(Backend::Local, "");
+    let dir = ws.path();
+    ingest(
+        dir,
+        "a.jsonl",
+        &[
+            // u1 logs in on a device a1; later u2 logs in on the same device.
+            identify(
+                "m1",
+                Some("u1"),
+                Some("a1"),
+                "2026-01-01T10:00:00Z",
+                r#"{"email":"u1@example.com"}"#,
+            ),
+            identify(
+                "m2",
+                Some("u2"),
+                Some("a1"),
+                "2026-02-01T10:00:00Z",
+                r#"{"email":"u2@example.com"}"#,
+            ),
+            // Junk identifiers are skipped and merge nothing.
+            identify(
+                "m3",
+                Some("null"),
+                Some("a9"),
+                "2026-01-05T10:00:00Z",
+                r#"{"email":"test@test.com","phone":"call me"}"#,
+            ),
+            identify(
+                "m4",
+                Some("u9"),
+                None,
+                "2026-01-06T10:00:00Z",
+                r#"{"email":"test@test.com"}"#,
+            ),
+            // An anonymous visitor, and a user with two e-mails.
+            page("m5", "a3", "2026-01-02T10:00:00Z"),
+            identify(
+                "m6",
+                Some("u3"),
+                None,
+                "2026-01-03T10:00:00Z",
+                r#"{"email":"u3@example.com"}"#,
+            ),
+            identify(
+                "m7",
+                Some("u3"),
+                None,
+                "2026-01-04T10:00:00Z",
+                r#"{"email":"u3.work@example.com"}"#,
+            ),
+        ],
+    );
+    let report = json(dir, &["resolve"]);
+    assert_eq!(report["conflicts"], 1, "{report}");
+    let skipped = report["skipped"].to_string();
+    assert!(
+        skipped.contains("blocked value") && skipped.contains("not a phone number"),
+        "{skipped}"
+    );
+    assert_eq!(
+        profile_of(dir, "anonymous_id", "a1"),
+        profile_of(dir, "user_id", "u1")
+    );
+    assert_ne!(
+        profile_of(dir, "user_id", "u2"),
+        profile_of(dir, "user_id", "u1")
+    );
+    assert_eq!(
+        profile_of(dir, "email", "u2@example.com"),
+        profile_of(dir, "user_id", "u2")
+    );
+    assert_ne!(
+        profile_of(dir, "anonymous_id", "a9"),
+        profile_of(dir, "user_id", "u9")
+    );
+    assert_eq!(
+        sql_count(
+            dir,
+            "select count(*) from identities where id_value in ('null', 'test@test.com')"
+        ),
+        0
+    );
+    let conflict = sql(
+        dir,
+        "select id_value, other_value, limited_type from identity_conflicts",
+    );
+    assert_eq!(conflict, vec!["a1,u2,user_id"]);
+    // u2's events after login stay with u2 even on the shared device.
+    let u2 = profile_of(dir, "user_id", "u2");
+    assert_eq!(
+        sql(
+            dir,
+            "select profile_id from profile_events where message_id = 'm2'"
+        ),
+        vec![u2.clone()]
+    );
+
+    // The visitor logs in: the two profiles merge, and the older id (the visit's) survives.
+    let visitor = profile_of(dir, "anonymous_id", "a3");
+    let user = profile_of(dir, "user_id", "u3");
+    assert_ne!(visitor, user);
+    ingest(
+        dir,
+        "b.jsonl",
+        &[identify(
+            "m8",
+            Some("u3"),
+            Some("a3"),
+            "2026-03-01T10:00:00Z",
+            "{}",
+        )],
+    );
+    let report = json(dir, &["resolve"]);
+    assert_eq!(
+        (report["mode"].as_str(), report["merges"].as_u64()),
+        (Some("incremental"), Some(1)),
+        "{report}"
+    );
+    assert_eq!(profile_of(dir, "user_id", "u3"), visitor);
+    let merge = sql(
+        dir,
+        "select from_profile, into_profile, kind from profile_merges",
+    );
+    assert_eq!(merge, vec![format!("{user},{visitor},merge")]);
+    assert_eq!(
+        sql_count(
+            dir,
+            &format!("select count(*) from profile_events where profile_id = '{visitor}'")
+        ),
+        4
+    );
+
+    // A stricter rule, applied retroactively with --full, splits u3's second e-mail off.
+    let config = std::fs::read_to_string(dir.join("tribe.toml")).unwrap();
+    std::fs::write(
+        dir.join("tribe.toml"),
+        format!("{config}\n[identity]\nlimits = {{ user_id = 1, email = 1 }}\n"),
+    )
+    .unwrap();
+    let report = json(dir, &["resolve", "--full"]);
+    assert_eq!(report["splits"], 1, "{report}");
+    assert_eq!(profile_of(dir, "user_id", "u3"), visitor);
+    let split_off = profile_of(dir, "email", "u3.work@example.com");
+    assert_ne!(split_off, visitor);
+    let split = sql(
+        dir,
+        "select from_profile, into_profile from profile_merges where kind = 'split'",
+    );
+    assert_eq!(split, vec![format!("{visitor},{split_off}")]);
+
+    // Unknown keys give a clear error.
+    let out = run(tribe(dir).args(["profile", "show", "nobody@example.com"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no profile has"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn traits_merge_by_rule_and_consent_follows_the_latest_statement() {
+    let extra = r#"
+[identity]
+consent = { email = "newsletter" }
+traits = { plan = { sources = ["crm", "web"] }, signup_source = "first", color = "most_frequent" }
+
+[records.crm]
+identifiers = { email = "email" }
+traits = { plan = "plan" }
+consent = { email = "email_ok" }
+"#;
+    let ws = workspace(Backend::Local, extra);
+    let dir = ws.path();
+    let t = |traits: &str, id: &str, ts: &str| identify(id, Some("u1"), None, ts, traits);
+    ingest(
+        dir,
+        "a.jsonl",
+        &[
+            t(
+                r#"{"email":"ana@example.com","name":"Ana","plan":"free","signup_source":"ads","color":"red"}"#,
+                "m1",
+                "2026-01-01T00:00:00Z",
+            ),
+            t(
+                r#"{"name":"Ana Maria","plan":"pro","signup_source":"seo","color":"blue","newsletter":true}"#,
+                "m2",
+                "2026-02-01T00:00:00Z",
+            ),
+            t(
+                r#"{"color":"red","name":null}"#,
+                "m3",
+                "2026-03-01T00:00:00Z",
+            ),
+        ],
+    );
+    let crm = write(
+        dir,
+        "crm.csv",
+        "email,plan,email_ok\n ANA@example.com ,gold,no\n",
+    );
+    ok(tribe(dir).args([
+        "ingest",
+        "records",
+        "--source",
+        "crm",
+        crm.to_str().unwrap(),
+    ]));
+    json(dir, &["resolve"]);
+    let row = sql(
+        dir,
+        "select name, plan, signup_source, color, email, events from profiles",
+    );
+    assert_eq!(row, vec!["Ana Maria,gold,ads,red,ana@example.com,3"]);
+    // The CRM row was ingested after the events: its "no" is the latest statement.
+    assert_eq!(
+        sql(dir, "select consent_email from profiles"),
+        vec!["false"]
+    );
+    let traits: BTreeMap<String, Value> = serde_json::from_str(
+        &sql(dir, "select traits from profiles")[0]
+            .trim_matches('"')
+            .replace("\"\"", "\""),
+    )
+    .unwrap();
+    assert_eq!(traits["plan"], "gold");
+}
+
+#[test]
+fn resolves_on_s3() {
+    let ws = workspace(Backend::S3, "");
+    let dir = ws.path();
+    ingest(
+        dir,
+        "a.jsonl",
+        &[
+            page("m1", "a1", "2026-01-01T10:00:00Z"),
+            identify(
+                "m2",
+                Some("u1"),
+                Some("a1"),
+                "2026-01-02T10:00:00Z",
+                r#"{"email":"u1@example.com"}"#,
+            ),
+        ],
+    );
+    let report = json(dir, &["resolve"]);
+    assert_eq!(report["profiles"], 1, "{report}");
+    ingest(dir, "b.jsonl", &[page("m3", "a2", "2026-01-03T10:00:00Z")]);
+    let report = json(dir, &["resolve"]);
+    assert_eq!(
+        (report["mode"].as_str(), report["profiles"].as_u64()),
+        (Some("incremental"), Some(2)),
+        "{report}"
+    );
+    assert_eq!(
+        sql_count(dir, "select count(distinct profile_id) from profile_events"),
+        2
+    );
+}
