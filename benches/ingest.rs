@@ -45,6 +45,7 @@ fn main() {
         days: 365,
         seed: 7,
         keep_sources: true,
+        resolve: false,
     };
     write_sources(&sources, &root, &options, &quiet, &mut report).unwrap();
     let generated = report.web_events + report.app_events + report.email_events;
@@ -171,6 +172,7 @@ fn count_events(dir: &Path, people: u64) -> u64 {
         days: 365,
         seed: 7,
         keep_sources: true,
+        resolve: false,
     };
     write_sources(
         &dir.join("sources"),

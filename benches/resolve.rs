@@ -55,7 +55,7 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         if !dir.join("tribe.toml").is_file() {
-            let options = tribe::demo::DemoOptions { people, days: 365, seed: 42, keep_sources: true };
+            let options = tribe::demo::DemoOptions { people, days: 365, seed: 42, keep_sources: true, resolve: false };
             let t = Instant::now();
             tribe::demo::build(&dir, &options, &ProgressBar::hidden()).await.unwrap();
             eprintln!("built demo of {people} people in {:.0?}", t.elapsed());

@@ -244,6 +244,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 days,
                 seed,
                 keep_sources: !no_sources,
+                resolve: true,
             };
             let report = tribe::demo::build(&dir, &options, &progress).await;
             progress.finish_and_clear();
@@ -458,8 +459,20 @@ fn print_demo(r: &tribe::demo::DemoReport, out: &mut dyn Write) -> std::io::Resu
             i.rejected
         )?;
     }
+    if let (Some(p), Some(k)) = (r.profiles, r.known_profiles) {
+        writeln!(out, "  profiles   : {p} ({k} with a known identifier)")?;
+    }
+    if let (Some(precision), Some(recall)) = (r.precision, r.recall) {
+        writeln!(
+            out,
+            "  identity resolution against truth.csv: precision {precision:.4}, recall {recall:.4}"
+        )?;
+    }
     writeln!(out, "\ntry:")?;
     writeln!(out, "  cd {}", r.workspace)?;
+    if let Some(id) = &r.example_identifier {
+        writeln!(out, "  tribe profile show '{id}'")?;
+    }
     for q in tribe::demo::TRY_QUERIES {
         writeln!(out, "  tribe sql \"{q}\"")?;
     }

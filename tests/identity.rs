@@ -62,8 +62,8 @@ fn demo_profiles_match_the_truth() {
     let dir = tempfile::tempdir().unwrap();
     ok(tribe(dir.path()).args(["demo", "d", "--people", "400", "--seed", "7"]));
     let ws = dir.path().join("d");
-    let report = json(&ws, &["resolve"]);
-    assert_eq!(report["mode"], "full", "{report}");
+    // The demo resolved once already.
+    assert_eq!(sql(&ws, "select mode from resolve_runs"), vec!["full"]);
     let scores = json(&ws, &["resolve", "--evaluate", "truth.csv", "--no-run"]);
     let (precision, recall) = (
         scores["precision"].as_f64().unwrap(),
@@ -465,4 +465,48 @@ fn resolves_on_s3() {
         sql_count(dir, "select count(distinct profile_id) from profile_events"),
         2
     );
+}
+
+#[test]
+fn a_killed_run_leaves_tables_readable_and_the_next_run_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(tribe(dir.path()).args(["demo", "d", "--people", "300", "--seed", "5"]));
+    let ws = dir.path().join("d");
+    json(&ws, &["resolve"]);
+    let identities = "select id_type, id_value, profile_id from identities order by 1, 2";
+    for delay in [30u64, 150, 400] {
+        // New data, so that the run has work to do.
+        let file = write(
+            &ws,
+            "more.jsonl",
+            &format!(
+                "{}\n",
+                page(
+                    &format!("k{delay}"),
+                    &format!("new-{delay}"),
+                    "2026-06-01T00:00:00Z"
+                )
+            ),
+        );
+        ok(tribe(&ws).args(["ingest", "events", file.to_str().unwrap()]));
+        let mut child = tribe(&ws).arg("resolve").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // Every table still reads.
+        for table in ["identities", "profiles", "identity_links", "profile_keys"] {
+            sql(&ws, &format!("select count(*) from {table}"));
+        }
+        let report = json(&ws, &["resolve"]);
+        assert!(report["profiles"].as_u64().unwrap() > 0, "{report}");
+        let recovered = sql(&ws, identities);
+        assert!(
+            recovered
+                .iter()
+                .any(|r| r.contains(&format!("new-{delay}"))),
+            "delay {delay}"
+        );
+        json(&ws, &["resolve", "--full"]);
+        assert_eq!(sql(&ws, identities), recovered, "delay {delay}");
+    }
 }

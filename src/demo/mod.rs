@@ -37,6 +37,8 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Keep the generated source files under `sources/` (they are always written first).
     pub keep_sources: bool,
+    /// Resolve identities after ingesting, and score them against `truth.csv`.
+    pub resolve: bool,
 }
 
 impl Default for DemoOptions {
@@ -46,6 +48,7 @@ impl Default for DemoOptions {
             days: 365,
             seed: 42,
             keep_sources: true,
+            resolve: true,
         }
     }
 }
@@ -68,6 +71,14 @@ pub struct DemoReport {
     pub pos_orders: u64,
     pub truth_rows: u64,
     pub ingested: Vec<IngestReport>,
+    /// Profiles resolved, when the demo resolved identities.
+    pub profiles: Option<u64>,
+    pub known_profiles: Option<u64>,
+    /// Pairwise precision and recall against `truth.csv`.
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    /// An e-mail address as one source spelled it, for `tribe profile show`.
+    pub example_identifier: Option<String>,
 }
 
 /// The demo workspace's config: CRM contacts and point-of-sale orders mapped as record sources.
@@ -161,6 +172,7 @@ pub async fn build(
         pos_orders: 0,
         truth_rows: 0,
         ingested: vec![],
+        ..Default::default()
     };
     write_sources(&sources, dir, options, progress, &mut report)?;
 
@@ -197,7 +209,35 @@ pub async fn build(
     if !options.keep_sources {
         let _ = std::fs::remove_dir_all(&sources);
     }
+    if options.resolve {
+        progress.set_message("resolving identities");
+        let resolved = crate::identity::resolve(&ws, Default::default()).await?;
+        report.profiles = Some(resolved.profiles);
+        report.known_profiles = Some(resolved.known_profiles);
+        let truth = dir.join("truth.csv");
+        let scores = crate::identity::evaluate::evaluate(&ws, &truth).await?;
+        report.precision = Some(scores.precision);
+        report.recall = Some(scores.recall);
+        report.example_identifier = example_email(&truth);
+    }
     Ok(report)
+}
+
+/// The first e-mail in the truth file spelled with capitals or spaces, else the first e-mail.
+fn example_email(truth: &Path) -> Option<String> {
+    let mut reader = csv::Reader::from_path(truth).ok()?;
+    let emails: Vec<String> = reader
+        .records()
+        .filter_map(|r| r.ok())
+        .filter(|r| &r[0] == "email")
+        .map(|r| r[1].to_string())
+        .take(200)
+        .collect();
+    emails
+        .iter()
+        .find(|e| e.chars().any(|c| c.is_ascii_uppercase()) && !e.contains(' '))
+        .or(emails.first())
+        .cloned()
 }
 
 /// Generates the raw source files into `sources` (and `truth.csv` into `root`), counting what
@@ -389,6 +429,8 @@ fn csv_err(e: csv::Error) -> Error {
 
 /// Queries worth trying on a fresh demo workspace.
 pub const TRY_QUERIES: &[&str] = &[
+    "select profile_id, email, first_name, last_name, events, consent_email from profiles where is_known order by events desc limit 10",
+    "select p.country, count(distinct e.profile_id) as buyers, round(sum(e.prop_revenue), 2) as revenue from profile_events e join profiles p using (profile_id) where e.event = 'Order Completed' group by 1 order by 3 desc",
     "select type, count(*) from events group by 1 order by 2 desc",
     "select event, count(*) as n, round(sum(prop_revenue), 2) as revenue from events where type = 'track' group by 1 order by 2 desc",
     "select source, min(timestamp), max(timestamp), count(*) from events group by 1",

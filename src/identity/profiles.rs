@@ -161,11 +161,15 @@ pub fn build(
         .collect();
     let mut traits: HashMap<u32, BTreeMap<String, Acc>> = HashMap::new();
     let mut consent: HashMap<u32, BTreeMap<String, (i64, bool)>> = HashMap::new();
+    // When a profile's events happened: the times records were loaded say less about a person.
+    let mut seen: HashMap<u32, (i64, i64)> = HashMap::new();
     for (i, s) in sightings.iter().enumerate() {
         let Some(owner) = g.owner[i] else { continue };
         let r = root[owner as usize];
         if s.kind == Kind::Event {
             by_root.get_mut(&r).expect("profile exists").events += s.count;
+            let span = seen.entry(r).or_insert((i64::MAX, i64::MIN));
+            *span = (span.0.min(s.first_seen), span.1.max(s.last_seen));
         }
         let mut state = |channel: &str, v: &Value| {
             if let Some(b) = consent_value(v) {
@@ -212,6 +216,10 @@ pub fn build(
                 p.traits.insert(field, v);
             }
         }
+    }
+    for (r, (first, last)) in seen {
+        let p = by_root.get_mut(&r).expect("profile exists");
+        (p.first_seen, p.last_seen) = (first, last);
     }
     for (r, channels) in consent {
         let p = by_root.get_mut(&r).expect("profile exists");
