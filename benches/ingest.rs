@@ -9,6 +9,8 @@
 //!
 //! Prints a Markdown table for the README.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -118,8 +120,8 @@ fn main() {
     let (typed_secs, json_prop_secs) = runtime.block_on(async {
         let (ctx, _) = tribe::sql::session(&ws).await.unwrap();
         (
-            time_query(&ctx, typed_q).await,
-            time_query(&ctx, json_q).await,
+            common::time_query(&ctx, typed_q).await,
+            common::time_query(&ctx, json_q).await,
         )
     });
     let events_glob = format!("{}/events/**/*.parquet", ws.storage.root().path());
@@ -188,17 +190,6 @@ fn count_events(dir: &Path, people: u64) -> u64 {
 
 fn new_workspace(dir: &Path) -> Workspace {
     Workspace::init(dir, tribe::config::Config::default()).unwrap()
-}
-
-/// Best of three runs.
-async fn time_query(ctx: &datafusion::prelude::SessionContext, q: &str) -> f64 {
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let t = Instant::now();
-        ctx.sql(q).await.unwrap().collect().await.unwrap();
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    best
 }
 
 /// The same two aggregates in DuckDB on the same files, best of three; `None` without DuckDB.

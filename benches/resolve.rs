@@ -9,6 +9,8 @@
 //! Reuses the workspace in `TRIBE_BENCH_DIR` when it holds a demo of that size.
 //! Prints a Markdown table for the README.
 
+mod common;
+
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -100,12 +102,12 @@ fn main() {
         let (ctx, _) = tribe::sql::session(&ws).await.unwrap();
         let q_events = "select user_id, sum(prop_revenue) from events where event = 'Order Completed' group by 1";
         let q_profiles = "select profile_id, sum(prop_revenue) from profile_events where event = 'Order Completed' group by 1";
-        let a = best(&ctx, q_events).await;
-        let b = best(&ctx, q_profiles).await;
+        let a = common::time_query(&ctx, q_events).await;
+        let b = common::time_query(&ctx, q_profiles).await;
         rows.push(("revenue per user id on `events`".into(), format!("{a:.2} s")));
         rows.push(("revenue per profile on `profile_events`".into(), format!("{b:.2} s")));
         let q_all = "select profile_id, count(*) from profile_events group by 1";
-        rows.push(("events per profile, all events".into(), format!("{:.2} s", best(&ctx, q_all).await)));
+        rows.push(("events per profile, all events".into(), format!("{:.2} s", common::time_query(&ctx, q_all).await)));
     });
 
     println!("| measurement | result |\n|---|---|");
@@ -129,17 +131,6 @@ async fn count(ctx: &datafusion::prelude::SessionContext, q: &str) -> i64 {
         .downcast_ref::<arrow::array::Int64Array>()
         .unwrap()
         .value(0)
-}
-
-/// Best of three runs.
-async fn best(ctx: &datafusion::prelude::SessionContext, q: &str) -> f64 {
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let t = Instant::now();
-        ctx.sql(q).await.unwrap().collect().await.unwrap();
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    best
 }
 
 /// A demo-shaped graph: node types 0 user id, 1 e-mail, 2 phone, 3 device; 1% of devices
