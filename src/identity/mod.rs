@@ -56,6 +56,8 @@ pub struct Report {
     pub skipped: Vec<SkipCount>,
     pub large_profiles: Vec<LargeProfile>,
     pub seconds: f64,
+    /// Seconds per phase: scan, load, graph, components, ids, profiles, write.
+    pub phases: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +81,15 @@ struct Run {
 /// Resolves identities in the workspace and writes the identity tables.
 pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     let clock = Instant::now();
+    let mut phases: Vec<(String, f64)> = Vec::new();
+    let mut lap = Instant::now();
+    let mut mark = |name: &str, phases: &mut Vec<(String, f64)>| {
+        phases.push((
+            name.to_string(),
+            (lap.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+        ));
+        lap = Instant::now();
+    };
     let started = chrono::Utc::now().timestamp_micros();
     let run_id = format!(
         "r{started}-{}",
@@ -149,6 +160,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             new.extend(sightings::scan_records(&ws.config, name, table, files).await?);
         }
     }
+    mark("scan", &mut phases);
     let new_count = new.len() as u64;
     let mut all = match (&links_table, full) {
         (Some(t), false) => {
@@ -160,7 +172,9 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     all.extend(new.iter().cloned());
 
     // The graph and its components.
+    mark("load", &mut phases);
     let g = graph::build(&all, config, &normalisers);
+    mark("graph", &mut phases);
     let limits: Vec<(u16, u32)> = config
         .limits
         .iter()
@@ -173,9 +187,12 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         .collect();
     let node_types: Vec<u16> = g.nodes.iter().map(|n| n.ty).collect();
     let comps = unionfind::components(&node_types, &g.links, &limits);
+    mark("components", &mut phases);
     let (old, old_ids) = load_old_ids(ws, &g).await?;
     let assignment = assign::assign(&g, &comps.root, &old, &old_ids);
+    mark("ids", &mut phases);
     let profiles = profiles::build(&g, &comps.root, &assignment.id_of_root, &all, config);
+    mark("profiles", &mut phases);
     let pid = |n: u32| assignment.id_of_root[&comps.root[n as usize]].as_str();
 
     // Write: the sightings first, the outputs next, the run record last. A run that dies
@@ -312,6 +329,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             .await?;
     }
 
+    mark("write", &mut phases);
     let skipped: Vec<SkipCount> = g
         .skipped
         .iter()
@@ -350,6 +368,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         skipped,
         large_profiles: large,
         seconds: clock.elapsed().as_secs_f64(),
+        phases,
     };
 
     let runs_spec = tables::runs();
