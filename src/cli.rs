@@ -279,20 +279,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             format,
         } => {
             let ws = open()?;
-            if !no_run {
+            let report = if no_run {
+                None
+            } else {
                 let spinner = spinner("resolving identities");
                 let report = tribe::identity::resolve(&ws, tribe::identity::Options { full }).await;
                 spinner.finish_and_clear();
-                print_report(&report?, format.format, &mut out)?;
-            }
-            if let Some(truth) = evaluate {
-                let truth = cwd.join(truth);
-                let scores = tribe::identity::evaluate::evaluate(&ws, &truth).await?;
-                if format.format == OutputFormat::Table && !no_run {
-                    writeln!(out, "\nagainst {}:", truth.display())
-                        .map_err(|e| Error::io("<stdout>", e))?;
+                Some(report?)
+            };
+            let truth = evaluate.map(|t| cwd.join(t));
+            let scores = match &truth {
+                Some(t) => Some(tribe::identity::evaluate::evaluate(&ws, t).await?),
+                None => None,
+            };
+            match (report, scores) {
+                // One JSON document for both.
+                (Some(r), Some(e)) if format.format == OutputFormat::Json => {
+                    let both = serde_json::json!({"resolve": r, "evaluation": e});
+                    print_report(&both, format.format, &mut out)?;
                 }
-                print_report(&scores, format.format, &mut out)?;
+                (report, scores) => {
+                    if let Some(r) = &report {
+                        print_report(r, format.format, &mut out)?;
+                    }
+                    if let (Some(e), Some(t)) = (scores, &truth) {
+                        if format.format == OutputFormat::Table && report.is_some() {
+                            writeln!(out, "\nagainst {}:", t.display())
+                                .map_err(|e| Error::io("<stdout>", e))?;
+                        }
+                        print_report(&e, format.format, &mut out)?;
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

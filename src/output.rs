@@ -160,7 +160,13 @@ pub fn print_report<T: Serialize>(
             }
             Ok(())
         }
-        _ => print_rows(std::slice::from_ref(report), format, out),
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut *out, report)
+                .map_err(|e| Error::Other(e.to_string()))?;
+            writeln!(out).map_err(io)?;
+            Ok(())
+        }
+        OutputFormat::Csv => print_rows(std::slice::from_ref(report), format, out),
     }
 }
 

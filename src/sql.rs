@@ -8,6 +8,8 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::DeltaTable;
+use deltalake::kernel::Add;
 
 use crate::error::{Error, Result};
 use crate::storage::{TableSpec, schema};
@@ -45,20 +47,10 @@ pub async fn session(ws: &Workspace) -> Result<(SessionContext, Vec<TableInfo>)>
     let ctx = new_context(ws.config.workspace.memory_limit_mb)?;
     let mut infos = Vec::new();
     for (name, path) in known_tables(ws) {
-        let spec = TableSpec {
-            name: name.clone(),
-            path,
-            schema: Arc::new(arrow::datatypes::Schema::empty()),
-            partition_columns: vec![],
-        };
-        let Some(table) = ws.storage.open(&spec).await? else {
+        let Some(table) = ws.storage.open(&TableSpec::existing(&name, &path)).await? else {
             continue;
         };
-        table
-            .update_datafusion_session(&ctx.state())
-            .map_err(|e| Error::delta(&name, e))?;
-        let provider = table.table_provider().await?;
-        ctx.register_table(name.as_str(), provider)?;
+        register(&ctx, &name, &table, None).await?;
         let files = table
             .snapshot()
             .map(|s| s.log_data().num_files() as u64)
@@ -74,6 +66,24 @@ pub async fn session(ws: &Workspace) -> Result<(SessionContext, Vec<TableInfo>)>
         ctx.sql(PROFILE_EVENTS).await?;
     }
     Ok((ctx, infos))
+}
+
+/// Registers a Delta table in `ctx` under `name`; with `files`, only those data files of it.
+pub async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    table: &DeltaTable,
+    files: Option<Vec<Add>>,
+) -> Result<()> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| Error::delta(name, e))?;
+    let provider = match files {
+        None => table.table_provider().await?,
+        Some(adds) => table.table_provider().with_adds(adds).await?,
+    };
+    ctx.register_table(name, provider)?;
+    Ok(())
 }
 
 /// Every event with the profile it belongs to: by its user id, else its anonymous id, else (for

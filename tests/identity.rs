@@ -14,12 +14,7 @@ fn json(dir: &Path, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["--format", "json"]);
     let out = ok(tribe(dir).args(&all));
-    let value: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    // Reports print as a one-element array in JSON.
-    match value {
-        Value::Array(mut items) if items.len() == 1 => items.remove(0),
-        other => other,
-    }
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 fn identify(id: &str, user: Option<&str>, anon: Option<&str>, ts: &str, traits: &str) -> String {
@@ -65,6 +60,12 @@ fn demo_profiles_match_the_truth() {
     // The demo resolved once already.
     assert_eq!(sql(&ws, "select mode from resolve_runs"), vec!["full"]);
     let scores = json(&ws, &["resolve", "--evaluate", "truth.csv", "--no-run"]);
+    let both = json(&ws, &["resolve", "--evaluate", "truth.csv"]);
+    assert_eq!(
+        both["evaluation"]["precision"], scores["precision"],
+        "{both}"
+    );
+    assert_eq!(both["resolve"]["mode"], "incremental", "{both}");
     let (precision, recall) = (
         scores["precision"].as_f64().unwrap(),
         scores["recall"].as_f64().unwrap(),
@@ -370,6 +371,7 @@ fn limits_blocks_merges_and_splits() {
 fn traits_merge_by_rule_and_consent_follows_the_latest_statement() {
     let extra = r#"
 [identity]
+large_profile = 1
 consent = { email = "newsletter" }
 traits = { plan = { sources = ["crm", "web"] }, signup_source = "first", color = "most_frequent" }
 
@@ -414,7 +416,11 @@ consent = { email = "email_ok" }
         "crm",
         crm.to_str().unwrap(),
     ]));
-    json(dir, &["resolve"]);
+    let report = json(dir, &["resolve"]);
+    // Profiles over `large_profile` identifiers are reported: this one has a user id and an e-mail.
+    let large = &report["large_profiles"];
+    assert_eq!(large.as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(large[0]["identifiers"], 2, "{report}");
     let row = sql(
         dir,
         "select name, plan, signup_source, color, email, events from profiles",

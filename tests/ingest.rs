@@ -58,8 +58,8 @@ fn events_are_stored_once_and_queryable(backend: Backend) {
         .args(["ingest", "events", "--format", "json"])
         .arg(&web));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report[0]["inserted"], 5, "{out}");
-    assert_eq!(report[0]["rejected"], 0);
+    assert_eq!(report["inserted"], 5, "{out}");
+    assert_eq!(report["rejected"], 0);
 
     assert_eq!(sql_count(dir, "select count(*) from events"), 5);
     assert_eq!(
@@ -94,8 +94,8 @@ fn events_are_stored_once_and_queryable(backend: Backend) {
         .args(["ingest", "events", "--format", "json"])
         .arg(&web));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report[0]["inserted"], 0, "{out}");
-    assert_eq!(report[0]["duplicates"], 5);
+    assert_eq!(report["inserted"], 0, "{out}");
+    assert_eq!(report["duplicates"], 5);
     let more = write(
         dir,
         "more.jsonl",
@@ -237,8 +237,8 @@ fn csv_and_parquet_events(backend: Backend) {
         .args(["ingest", "events", "--format", "json"])
         .arg(&file));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report[0]["inserted"], 1, "{out}");
-    assert_eq!(report[0]["rejected"], 1, "{out}");
+    assert_eq!(report["inserted"], 1, "{out}");
+    assert_eq!(report["rejected"], 1, "{out}");
     assert_eq!(
         sql(
             dir,
@@ -263,7 +263,7 @@ fn csv_and_parquet_events(backend: Backend) {
         .args(["ingest", "events", "--format", "json"])
         .arg(&parquet));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report[0]["inserted"], 1, "{out}");
+    assert_eq!(report["inserted"], 1, "{out}");
     assert_eq!(
         sql(
             ws2.path(),
@@ -287,8 +287,8 @@ fn records_with_mapping_and_derived_events(backend: Backend) {
         .args(["ingest", "records", "--source", "crm", "--format", "json"])
         .arg(&file));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report[0]["inserted"], 2, "{out}");
-    assert_eq!(report[0]["rejected"], 3, "{out}");
+    assert_eq!(report["inserted"], 2, "{out}");
+    assert_eq!(report["rejected"], 3, "{out}");
     assert_eq!(
         sql(
             dir,
@@ -320,8 +320,8 @@ fn records_with_mapping_and_derived_events(backend: Backend) {
         .args(["ingest", "records", "--source", "pos", "--format", "json"])
         .arg(&file));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report[0]["inserted"], 2, "{out}");
-    assert_eq!(report[0]["events_inserted"], 2, "{out}");
+    assert_eq!(report["inserted"], 2, "{out}");
+    assert_eq!(report["events_inserted"], 2, "{out}");
     assert_eq!(
         sql(
             dir,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::config::IdentitySection;
@@ -33,6 +33,8 @@ pub struct Graph {
     pub links: Vec<Link>,
     /// The strongest identifier of each sighting: the one its events and traits belong to.
     pub owner: Vec<Option<u32>>,
+    /// Each sighting's `traits`, parsed once for identifiers and again used for profiles.
+    pub traits: Vec<Option<Map<String, Value>>>,
     /// For each sighting, its user id and anonymous id nodes (for event lookups).
     pub keys: Vec<(Option<u32>, Option<u32>)>,
     pub sources: Vec<String>,
@@ -50,6 +52,7 @@ impl Graph {
             nodes: Vec::new(),
             links: Vec::new(),
             owner: Vec::new(),
+            traits: Vec::new(),
             keys: Vec::new(),
             sources: Vec::new(),
             skipped: BTreeMap::new(),
@@ -133,7 +136,9 @@ pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Nor
     for (i, s) in sightings.iter().enumerate() {
         let bit = g.source_bit(&s.source);
         raw.clear();
-        collect_raw(s, config, &mut raw);
+        let traits = s.traits.as_deref().and_then(object);
+        collect_raw(s, traits.as_ref(), config, &mut raw);
+        g.traits.push(traits);
         let mut ids: Vec<u32> = Vec::with_capacity(raw.len());
         let mut keys = (None, None);
         for (ty, value) in raw.drain(..) {
@@ -204,8 +209,13 @@ fn link_all(g: &mut Graph, ids: &mut Vec<u32>, at: i64) -> Option<u32> {
     Some(head)
 }
 
-/// The raw (type, value) identifiers a sighting carries.
-fn collect_raw(s: &Sighting, config: &IdentitySection, out: &mut Vec<(String, String)>) {
+/// The raw (type, value) identifiers a sighting carries; `traits` is its parsed `traits`.
+fn collect_raw(
+    s: &Sighting,
+    traits: Option<&Map<String, Value>>,
+    config: &IdentitySection,
+    out: &mut Vec<(String, String)>,
+) {
     if let Some(u) = &s.user_id {
         out.push(("user_id".into(), u.clone()));
     }
@@ -213,10 +223,8 @@ fn collect_raw(s: &Sighting, config: &IdentitySection, out: &mut Vec<(String, St
         out.push(("anonymous_id".into(), a.clone()));
     }
     out.extend(s.external_ids.iter().cloned());
-    for text in [&s.traits, &s.context_traits].into_iter().flatten() {
-        let Ok(Value::Object(traits)) = serde_json::from_str::<Value>(text) else {
-            continue;
-        };
+    let context = s.context_traits.as_deref().and_then(object);
+    for traits in [traits, context.as_ref()].into_iter().flatten() {
         for key in &config.trait_identifiers {
             match traits.get(key) {
                 Some(Value::String(v)) => out.push((key.clone(), v.clone())),
@@ -224,5 +232,13 @@ fn collect_raw(s: &Sighting, config: &IdentitySection, out: &mut Vec<(String, St
                 _ => {}
             }
         }
+    }
+}
+
+/// A JSON object from text; anything else is no object.
+pub fn object(text: &str) -> Option<Map<String, Value>> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
     }
 }

@@ -26,7 +26,7 @@ use futures::TryStreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::identity::sightings::{Files, Sighting, Versions};
+use crate::identity::sightings::{Sighting, Versions};
 use crate::storage::{TableSpec, WriteMode, schema};
 use crate::workspace::Workspace;
 
@@ -98,33 +98,23 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     let config = &ws.config.identity;
     let normalisers = normalize::Normalisers::new(config)?;
 
+    let ctx = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
     let runs = load_runs(ws).await?;
-    let links_table = ws.storage.open(&sightings::spec()).await?;
-    let mut full_because = None;
-    if options.full {
-        full_because = Some("--full".to_string());
+    let mut full_because = if options.full {
+        Some("--full".to_string())
     } else if runs.is_empty() {
-        full_because = Some("first run".to_string());
-    } else if let Some(t) = &links_table {
-        let done: HashSet<&str> = runs.iter().map(|r| r.id.as_str()).collect();
-        let stored = distinct_runs(t).await?;
-        if stored.iter().any(|r| !done.contains(r.as_str())) {
-            full_because = Some("the previous run did not finish".to_string());
-        }
-    }
+        Some("first run".to_string())
+    } else {
+        None
+    };
 
-    // Source tables and what of them is new.
+    // Source tables, and the files of each that are new since the last run.
     let mut sources: Vec<(String, deltalake::DeltaTable)> = Vec::new();
     if let Some(t) = ws.storage.open(&schema::events(&ws.config)).await? {
         sources.push((schema::EVENTS.to_string(), t));
     }
     for name in sightings::record_sources(&ws.config) {
-        let spec = TableSpec {
-            name: name.clone(),
-            path: format!("records/{name}"),
-            schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
-            partition_columns: vec![],
-        };
+        let spec = TableSpec::existing(&name, &format!("records/{name}"));
         if let Some(t) = ws.storage.open(&spec).await? {
             sources.push((name, t));
         }
@@ -133,12 +123,12 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         .iter()
         .map(|(n, t)| (n.clone(), t.version().map_or(-1, |v| v as i64)))
         .collect();
-    let mut plan: Vec<Files> = Vec::new();
+    let mut new_files: Vec<Option<Vec<deltalake::kernel::Add>>> = Vec::new();
     if full_because.is_none() {
         let last = &runs.last().expect("runs exist when incremental").versions;
         for (name, table) in &sources {
             match sightings::added_since(table, last.get(name).copied().unwrap_or(-1)).await? {
-                Some(adds) => plan.push(Files::Only(adds)),
+                Some(adds) => new_files.push(Some(adds)),
                 None => {
                     full_because = Some(format!(
                         "files of {name} were rewritten since the last run (compaction or deletion)"
@@ -148,31 +138,39 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             }
         }
     }
+    // What earlier runs stored; rows of a run that died before its record mean a full run.
+    let mut all = Vec::new();
+    if full_because.is_none()
+        && let Some(t) = ws.storage.open(&sightings::spec()).await?
+    {
+        let finished: HashSet<String> = runs.iter().map(|r| r.id.clone()).collect();
+        let stored = sightings::load(&ctx, &t, &finished).await?;
+        if stored.unfinished {
+            full_because = Some("the previous run did not finish".to_string());
+        } else {
+            all = stored.sightings;
+        }
+    }
+    mark("load", &mut phases);
     let full = full_because.is_some();
     if full {
-        plan = sources.iter().map(|_| Files::All).collect();
+        new_files = sources.iter().map(|_| None).collect();
     }
     let mut new: Vec<Sighting> = Vec::new();
-    for ((name, table), files) in sources.iter().zip(plan) {
+    for ((name, table), files) in sources.iter().zip(new_files) {
         if name == schema::EVENTS {
-            new.extend(sightings::scan_events(table, files).await?);
+            new.extend(sightings::scan_events(&ctx, table, files).await?);
         } else {
-            new.extend(sightings::scan_records(&ws.config, name, table, files).await?);
+            new.extend(sightings::scan_records(&ctx, &ws.config, name, table, files).await?);
         }
     }
     mark("scan", &mut phases);
+    // The new sightings are stored as they are; the graph needs them next to the old ones.
     let new_count = new.len() as u64;
-    let mut all = match (&links_table, full) {
-        (Some(t), false) => {
-            let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
-            sightings::load(t, &ids).await?
-        }
-        _ => Vec::new(),
-    };
-    all.extend(new.iter().cloned());
+    let links_rows = sightings::to_batch(&run_id, &new)?;
+    all.extend(new);
 
     // The graph and its components.
-    mark("load", &mut phases);
     let g = graph::build(&all, config, &normalisers);
     mark("graph", &mut phases);
     let limits: Vec<(u16, u32)> = config
@@ -198,7 +196,6 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     // Write: the sightings first, the outputs next, the run record last. A run that dies
     // before its record leaves sightings the next run sees as unfinished, and redoes fully.
     let links_spec = sightings::spec();
-    let links_rows = sightings::to_batch(&run_id, &new)?;
     let links_mode = if full {
         WriteMode::Replace
     } else {
@@ -449,25 +446,6 @@ async fn load_runs(ws: &Workspace) -> Result<Vec<Run>> {
         .collect()
 }
 
-async fn distinct_runs(table: &deltalake::DeltaTable) -> Result<Vec<String>> {
-    let ctx = crate::sql::new_context(1024)?;
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::delta("identity_links", e))?;
-    ctx.register_table("t", table.table_provider().await?)?;
-    let batches = ctx
-        .sql("select distinct run_id from t")
-        .await?
-        .collect()
-        .await?;
-    let mut out = Vec::new();
-    for b in batches {
-        let s = sightings::strings(b.column(0))?;
-        out.extend((0..b.num_rows()).map(|i| s.value(i).to_string()));
-    }
-    Ok(out)
-}
-
 /// Runs `query` over the table of `spec` (named `t`) and returns its rows as text; no rows when
 /// the table does not exist.
 pub async fn query_table(
@@ -479,10 +457,7 @@ pub async fn query_table(
         return Ok(Vec::new());
     };
     let ctx = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::delta(&spec.name, e))?;
-    ctx.register_table("t", table.table_provider().await?)?;
+    crate::sql::register(&ctx, "t", &table, None).await?;
     let mut stream = ctx.sql(query).await?.execute_stream().await?;
     let mut out = Vec::new();
     while let Some(b) = stream.try_next().await? {

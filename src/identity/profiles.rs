@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::{Map, Value};
 
 use crate::config::{IdentitySection, MergeRule, SimpleRule};
-use crate::identity::graph::Graph;
+use crate::identity::graph::{Graph, object};
 use crate::identity::sightings::{Kind, Sighting};
 
 /// One unified profile.
@@ -183,12 +183,12 @@ pub fn build(
                 }
             }
         };
-        if let Some(Value::Object(c)) = s.consent.as_deref().and_then(parse) {
+        if let Some(c) = s.consent.as_deref().and_then(object) {
             for (channel, v) in &c {
                 state(channel, v);
             }
         }
-        let Some(Value::Object(t)) = s.traits.as_deref().and_then(parse) else {
+        let Some(t) = &g.traits[i] else {
             continue;
         };
         for (field, value) in t {
@@ -196,16 +196,16 @@ pub fn build(
                 continue;
             }
             if let Some(channel) = consent_key.get(field.as_str()) {
-                state(channel, &value);
+                state(channel, value);
                 continue;
             }
-            let rule = config.traits.get(&field).unwrap_or(&LATEST);
+            let rule = config.traits.get(field).unwrap_or(&LATEST);
             traits
                 .entry(r)
                 .or_default()
-                .entry(field)
+                .entry(field.clone())
                 .or_default()
-                .add(rule, value, s);
+                .add(rule, value.clone(), s);
         }
     }
     for (r, fields) in traits {
@@ -228,10 +228,6 @@ pub fn build(
     let mut profiles: Vec<Profile> = by_root.into_values().collect();
     profiles.sort_by(|a, b| a.id.cmp(&b.id));
     profiles
-}
-
-fn parse(text: &str) -> Option<Value> {
-    serde_json::from_str(text).ok()
 }
 
 /// Reads a consent statement: booleans, and the usual spellings of yes and no.

@@ -3,7 +3,7 @@
 //! events and record tables by SQL, stored in the `identity_links` table, and every resolve
 //! run rebuilds profiles from them, so rule changes apply to everything seen so far.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -11,6 +11,7 @@ use arrow::array::{
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::{Action, Add};
 use futures::TryStreamExt;
@@ -119,57 +120,60 @@ pub fn to_batch(run_id: &str, sightings: &[Sighting]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, arrays)?)
 }
 
-/// Reads stored sightings of the given runs.
-pub async fn load(table: &DeltaTable, runs: &[String]) -> Result<Vec<Sighting>> {
-    if runs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ctx = crate::sql::new_context(4096)?;
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::delta("identity_links", e))?;
-    ctx.register_table("identity_links", table.table_provider().await?)?;
-    let list = runs
-        .iter()
-        .map(|r| format!("'{}'", r.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(",");
-    let query = format!(
-        "select kind, source, user_id, anonymous_id, previous_id, message_id, external_ids, traits, \
-         context_traits, consent, first_seen, last_seen, count from identity_links where run_id in ({list})"
-    );
-    let mut out = Vec::new();
-    let mut stream = ctx.sql(&query).await?.execute_stream().await?;
+/// Stored sightings of finished runs, and whether rows of an unfinished run were found.
+pub struct Stored {
+    pub sightings: Vec<Sighting>,
+    pub unfinished: bool,
+}
+
+/// Reads the sightings of the runs in `finished` from `identity_links`, in one scan.
+pub async fn load(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    finished: &HashSet<String>,
+) -> Result<Stored> {
+    crate::sql::register(ctx, "identity_links", table, None).await?;
+    let query = "select run_id, kind, source, user_id, anonymous_id, previous_id, message_id, \
+         external_ids, traits, context_traits, consent, first_seen, last_seen, count from identity_links";
+    let mut out = Stored {
+        sightings: Vec::new(),
+        unfinished: false,
+    };
+    let mut stream = ctx.sql(query).await?.execute_stream().await?;
     while let Some(batch) = stream.try_next().await? {
-        let s: Vec<StringArray> = (0..10)
+        let s: Vec<StringArray> = (0..11)
             .map(|i| strings(batch.column(i)))
             .collect::<Result<_>>()?;
-        let first = ints(batch.column(10))?;
-        let last = ints(batch.column(11))?;
-        let count = ints(batch.column(12))?;
+        let first = ints(batch.column(11))?;
+        let last = ints(batch.column(12))?;
+        let count = ints(batch.column(13))?;
         for row in 0..batch.num_rows() {
+            if !finished.contains(s[0].value(row)) {
+                out.unfinished = true;
+                continue;
+            }
             let get = |i: usize| (!s[i].is_null(row)).then(|| s[i].value(row).to_string());
-            let external_ids = match get(6) {
+            let external_ids = match get(7) {
                 Some(text) => serde_json::from_str(&text).map_err(|e| {
                     Error::Other(format!("identity_links: bad external_ids {text:?}: {e}"))
                 })?,
                 None => Vec::new(),
             };
-            out.push(Sighting {
-                kind: if s[0].value(row) == "record" {
+            out.sightings.push(Sighting {
+                kind: if s[1].value(row) == "record" {
                     Kind::Record
                 } else {
                     Kind::Event
                 },
-                source: s[1].value(row).to_string(),
-                user_id: get(2),
-                anonymous_id: get(3),
-                previous_id: get(4),
-                message_id: get(5),
+                source: s[2].value(row).to_string(),
+                user_id: get(3),
+                anonymous_id: get(4),
+                previous_id: get(5),
+                message_id: get(6),
                 external_ids,
-                traits: get(7),
-                context_traits: get(8),
-                consent: get(9),
+                traits: get(8),
+                context_traits: get(9),
+                consent: get(10),
                 first_seen: first.value(row),
                 last_seen: last.value(row),
                 count: count.value(row),
@@ -208,34 +212,29 @@ pub async fn added_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Ad
     Ok(Some(adds))
 }
 
-/// Which files of a table to scan.
-pub enum Files {
-    All,
-    Only(Vec<Add>),
-}
-
+/// Registers `table` in `ctx` as `name`, restricted to `files` when given; false when there is
+/// nothing to read.
 async fn register(
-    ctx: &datafusion::prelude::SessionContext,
+    ctx: &SessionContext,
+    name: &str,
     table: &DeltaTable,
-    files: Files,
+    files: Option<Vec<Add>>,
 ) -> Result<bool> {
-    let name = crate::storage::table_name(table);
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::delta(&name, e))?;
-    let provider = match files {
-        Files::All => table.table_provider().await?,
-        Files::Only(adds) if adds.is_empty() => return Ok(false),
-        Files::Only(adds) => table.table_provider().with_adds(adds).await?,
-    };
-    ctx.register_table("src", provider)?;
+    if files.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(false);
+    }
+    crate::sql::register(ctx, name, table, files).await?;
     Ok(true)
 }
 
 /// Sightings in events: distinct combinations of ids, traits and identifying context.
-pub async fn scan_events(table: &DeltaTable, files: Files) -> Result<Vec<Sighting>> {
-    let ctx = crate::sql::new_context(4096)?;
-    if !register(&ctx, table, files).await? {
+/// `files` limits the scan to those data files (None: all of them).
+pub async fn scan_events(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    files: Option<Vec<Add>>,
+) -> Result<Vec<Sighting>> {
+    if !register(ctx, "src_events", table, files).await? {
         return Ok(Vec::new());
     }
     // Only contexts that can carry identifiers are read as JSON; the rest is skipped by a
@@ -246,7 +245,7 @@ pub async fn scan_events(table: &DeltaTable, files: Files) -> Result<Vec<Sightin
                case when type <> 'group' then traits end as traits,
                case when context like '%"traits"%' or context like '%"externalIds"%' then context end as context,
                source, min(timestamp) as first_seen, max(timestamp) as last_seen, count(*) as n
-        from src group by 1, 2, 3, 4, 5, 6, 7"#;
+        from src_events group by 1, 2, 3, 4, 5, 6, 7"#;
     let mut out = Vec::new();
     let mut stream = ctx.sql(query).await?.execute_stream().await?;
     while let Some(batch) = stream.try_next().await? {
@@ -314,17 +313,18 @@ fn identifying_context(text: &str) -> (Option<String>, Vec<(String, String)>) {
 
 /// Sightings in one record source's table: its identifier, trait and consent columns.
 pub async fn scan_records(
+    ctx: &SessionContext,
     config: &Config,
     name: &str,
     table: &DeltaTable,
-    files: Files,
+    files: Option<Vec<Add>>,
 ) -> Result<Vec<Sighting>> {
     let source = &config.records[name];
     if source.identifiers.is_empty() {
         return Ok(Vec::new());
     }
-    let ctx = crate::sql::new_context(4096)?;
-    if !register(&ctx, table, files).await? {
+    let src = format!("src_{name}");
+    if !register(ctx, &src, table, files).await? {
         return Ok(Vec::new());
     }
     let quote = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
@@ -348,7 +348,7 @@ pub async fn scan_records(
         .collect();
     let groups: Vec<String> = (1..=columns.len()).map(|i| i.to_string()).collect();
     let query = format!(
-        "select {}, min({time}) as first_seen, max({time}) as last_seen, count(*) as n from src group by {}",
+        "select {}, min({time}) as first_seen, max({time}) as last_seen, count(*) as n from {src} group by {}",
         select.join(", "),
         groups.join(", ")
     );

@@ -39,6 +39,18 @@ pub struct TableSpec {
     pub partition_columns: Vec<String>,
 }
 
+impl TableSpec {
+    /// A spec for opening a table that may exist, when its shape is whatever was stored.
+    pub fn existing(name: &str, path: &str) -> TableSpec {
+        TableSpec {
+            name: name.into(),
+            path: path.into(),
+            schema: std::sync::Arc::new(arrow::datatypes::Schema::empty()),
+            partition_columns: vec![],
+        }
+    }
+}
+
 /// Why a commit did not happen; a conflict means "read again and retry".
 #[derive(Debug)]
 pub enum CommitFailure {
