@@ -18,7 +18,7 @@ pub mod sightings;
 pub mod tables;
 pub mod unionfind;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use arrow::array::Array;
@@ -506,13 +506,4 @@ async fn load_old_ids(ws: &Workspace, g: &graph::Graph) -> Result<(Vec<Option<u3
         old[n as usize] = Some(i);
     }
     Ok((old, ids))
-}
-
-/// Skip counts keyed for display.
-pub fn skipped_by_reason(report: &Report) -> BTreeMap<String, u64> {
-    report
-        .skipped
-        .iter()
-        .map(|s| (format!("{} ({})", s.id_type, s.reason), s.count))
-        .collect()
 }

@@ -6,9 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
-};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::SessionContext;
@@ -82,42 +80,39 @@ pub fn spec() -> TableSpec {
 
 /// Sightings as a batch of the `identity_links` table, stamped with `run_id`.
 pub fn to_batch(run_id: &str, sightings: &[Sighting]) -> Result<RecordBatch> {
-    let mut cols: Vec<StringBuilder> = (0..11).map(|_| StringBuilder::new()).collect();
-    let mut first = Int64Builder::new();
-    let mut last = Int64Builder::new();
-    let mut count = Int64Builder::new();
-    for s in sightings {
-        cols[0].append_value(run_id);
-        cols[1].append_value(match s.kind {
-            Kind::Event => "event",
-            Kind::Record => "record",
-        });
-        cols[2].append_value(&s.source);
-        cols[3].append_option(s.user_id.as_deref());
-        cols[4].append_option(s.anonymous_id.as_deref());
-        cols[5].append_option(s.previous_id.as_deref());
-        cols[6].append_option(s.message_id.as_deref());
-        let ext = (!s.external_ids.is_empty())
-            .then(|| serde_json::to_string(&s.external_ids).expect("strings serialise"));
-        cols[7].append_option(ext);
-        cols[8].append_option(s.traits.as_deref());
-        cols[9].append_option(s.context_traits.as_deref());
-        cols[10].append_option(s.consent.as_deref());
-        first.append_value(s.first_seen);
-        last.append_value(s.last_seen);
-        count.append_value(s.count);
-    }
-    let schema = spec().schema;
-    let ts =
-        |b: &mut Int64Builder| -> Result<ArrayRef> { Ok(cast(&b.finish(), &timestamp_type())?) };
-    let mut arrays: Vec<ArrayRef> = cols
-        .iter_mut()
-        .map(|b| Arc::new(b.finish()) as ArrayRef)
+    use crate::identity::tables::{longs, rows, strings as text, times};
+    let text_of = |f: fn(&Sighting) -> Option<&str>| text(sightings.iter().map(f));
+    let external: Vec<Option<String>> = sightings
+        .iter()
+        .map(|s| {
+            (!s.external_ids.is_empty())
+                .then(|| serde_json::to_string(&s.external_ids).expect("strings serialise"))
+        })
         .collect();
-    arrays.push(ts(&mut first)?);
-    arrays.push(ts(&mut last)?);
-    arrays.push(Arc::new(count.finish()));
-    Ok(RecordBatch::try_new(schema, arrays)?)
+    rows(
+        &spec(),
+        vec![
+            text(sightings.iter().map(|_| Some(run_id))),
+            text(sightings.iter().map(|s| {
+                Some(match s.kind {
+                    Kind::Event => "event",
+                    Kind::Record => "record",
+                })
+            })),
+            text_of(|s| Some(s.source.as_str())),
+            text_of(|s| s.user_id.as_deref()),
+            text_of(|s| s.anonymous_id.as_deref()),
+            text_of(|s| s.previous_id.as_deref()),
+            text_of(|s| s.message_id.as_deref()),
+            text(external.iter().map(Option::as_deref)),
+            text_of(|s| s.traits.as_deref()),
+            text_of(|s| s.context_traits.as_deref()),
+            text_of(|s| s.consent.as_deref()),
+            times(sightings.iter().map(|s| Some(s.first_seen)))?,
+            times(sightings.iter().map(|s| Some(s.last_seen)))?,
+            longs(sightings.iter().map(|s| s.count)),
+        ],
+    )
 }
 
 /// Stored sightings of finished runs, and whether rows of an unfinished run were found.
