@@ -109,6 +109,9 @@ enum Command {
     /// Look at profiles.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Segments: list, check, run, compile, explain, and why a profile is a member.
+    #[command(subcommand)]
+    Segment(crate::cli_segment::SegmentCommand),
     /// List the tables of the workspace with their versions and file counts.
     Tables {
         #[command(flatten)]
@@ -166,10 +169,10 @@ struct IngestArgs {
 }
 
 #[derive(Args, Clone, Copy)]
-struct FormatArg {
+pub struct FormatArg {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-    format: OutputFormat,
+    pub format: OutputFormat,
 }
 
 /// Runs the command line; the process exit code: 0 success, 1 nothing accepted, 2 error.
@@ -332,6 +335,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 other => print_report(&view, other, &mut out)?,
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Segment(command) => {
+            let ws = open()?;
+            crate::cli_segment::run(&ws, command, &mut out).await
         }
         Command::Tables { format } => {
             let ws = open()?;

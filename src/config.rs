@@ -26,6 +26,35 @@ pub struct Config {
     /// How identifiers are normalised, guarded and merged into profiles.
     #[serde(default)]
     pub identity: IdentitySection,
+    /// Where segment definitions live and what they may name.
+    #[serde(default)]
+    pub segments: SegmentsSection,
+}
+
+/// `[segments]`: the segment language's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentsSection {
+    /// Folder of the `.seg` files, relative to the workspace.
+    #[serde(default = "default_segments_dir")]
+    pub dir: String,
+    /// Event names segments may use before any such event has arrived (a new event being
+    /// launched); names found in the data are always allowed.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+impl Default for SegmentsSection {
+    fn default() -> Self {
+        SegmentsSection {
+            dir: default_segments_dir(),
+            events: Vec::new(),
+        }
+    }
+}
+
+fn default_segments_dir() -> String {
+    "queries".into()
 }
 
 /// `[identity]`: identity resolution rules.

@@ -3,7 +3,7 @@
 //!
 //! Modules follow the pipeline: `config` and `workspace` (where things are), `storage` (tables
 //! and commits), `ingest` (events and records in), `identity`
-//! (unified profiles), `sql` and `output` (queries out), `maintain`
+//! (unified profiles), `segment` (the segment language), `sql` and `output` (queries out), `maintain`
 //! (compaction and clean-up), `demo` (generated workspaces).
 
 pub mod config;
@@ -13,6 +13,7 @@ pub mod identity;
 pub mod ingest;
 pub mod maintain;
 pub mod output;
+pub mod segment;
 pub mod sql;
 pub mod storage;
 pub mod workspace;

@@ -32,14 +32,13 @@ impl Serialize for Record {
     }
 }
 
-/// Finds the profile `key` names (a profile id, or any identifier) and reads what it holds.
-pub async fn show(ws: &Workspace, key: &str, events: usize) -> Result<ProfileView> {
-    let (ctx, tables) = crate::sql::session(ws).await?;
-    if !tables.iter().any(|t| t.name == "profiles") {
-        return Err(Error::Input(
-            "no profiles yet: run `tribe resolve` first".into(),
-        ));
-    }
+/// The profile id that `key` names: a profile id, or any identifier (normalised as resolution
+/// does). Errors when nothing, or more than one profile, matches.
+pub async fn find_profile(
+    ws: &Workspace,
+    ctx: &datafusion::prelude::SessionContext,
+    key: &str,
+) -> Result<String> {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let mut ids = column(
         &ctx,
@@ -70,7 +69,7 @@ pub async fn show(ws: &Workspace, key: &str, events: usize) -> Result<ProfileVie
             ids = column(&ctx, &query).await?;
         }
     }
-    let Some(id) = ids.first() else {
+    let Some(id) = ids.first().cloned() else {
         return Err(Error::Input(format!(
             "no profile has the id or identifier {key:?}"
         )));
@@ -82,7 +81,20 @@ pub async fn show(ws: &Workspace, key: &str, events: usize) -> Result<ProfileVie
             ids.join(", ")
         )));
     }
-    let id = quote(id);
+    Ok(id)
+}
+
+/// Finds the profile `key` names (a profile id, or any identifier) and reads what it holds.
+pub async fn show(ws: &Workspace, key: &str, events: usize) -> Result<ProfileView> {
+    let (ctx, tables) = crate::sql::session(ws).await?;
+    if !tables.iter().any(|t| t.name == "profiles") {
+        return Err(Error::Input(
+            "no profiles yet: run `tribe resolve` first".into(),
+        ));
+    }
+    let id = find_profile(ws, &ctx, key).await?;
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let id = quote(&id);
     let profile = records(
         &ctx,
         &format!("select * from profiles where profile_id = {id}"),

@@ -222,7 +222,7 @@ impl Storage {
         &self,
         spec: &TableSpec,
         batches: Vec<arrow::array::RecordBatch>,
-        mode: WriteMode,
+        mode: WriteMode<'_>,
     ) -> Result<i64> {
         let table = match self.open(spec).await? {
             Some(t) => t,
@@ -246,6 +246,12 @@ impl Storage {
             WriteMode::Replace => builder
                 .with_save_mode(SaveMode::Overwrite)
                 .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite),
+            WriteMode::ReplaceWhere(column, value) => {
+                use datafusion::prelude::{col, lit};
+                builder
+                    .with_save_mode(SaveMode::Overwrite)
+                    .with_replace_where(col(column).eq(lit(value)))
+            }
         };
         let written = builder.await.map_err(|e| Error::delta(&spec.name, e))?;
         Ok(written.version().map_or(-1, |v| v as i64))
@@ -283,9 +289,11 @@ impl Storage {
 
 /// How [`Storage::write`] treats the rows already in a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteMode {
+pub enum WriteMode<'a> {
     Append,
     Replace,
+    /// Replaces the rows whose `column` equals `value`, keeping all others (one commit).
+    ReplaceWhere(&'a str, &'a str),
 }
 
 /// Whether a load failed only because no table has been written there yet (a missing folder on a
