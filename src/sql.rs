@@ -89,7 +89,7 @@ pub async fn register(
 /// Every event with the profile it belongs to: by its user id, else its anonymous id, else (for
 /// events that carry neither, like orders from a shop system) by the event itself. The keys are
 /// written by identity resolution; events it has not seen yet have no profile.
-const PROFILE_EVENTS: &str = "create view profile_events as \
+pub const PROFILE_EVENTS: &str = "create view profile_events as \
     select coalesce(ku.profile_id, ka.profile_id, km.profile_id) as profile_id, e.* \
     from events e \
     left join (select key, profile_id from profile_keys where key_type = 'user_id') ku on e.user_id = ku.key \

@@ -136,6 +136,25 @@ pub fn demo_config(name: &str) -> Config {
     config
 }
 
+/// The example segments of the repository's `queries/` folder, which a demo workspace gets.
+pub const EXAMPLE_SEGMENTS: &[(&str, &str)] = &[
+    ("events.seg", include_str!("../../queries/events.seg")),
+    ("retention.seg", include_str!("../../queries/retention.seg")),
+    (
+        "engagement.seg",
+        include_str!("../../queries/engagement.seg"),
+    ),
+];
+
+fn write_examples(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for (name, text) in EXAMPLE_SEGMENTS {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
 /// People generated and written per step; bounds memory at any scale.
 const PEOPLE_PER_STEP: u64 = 2000;
 
@@ -157,6 +176,7 @@ pub async fn build(
         .unwrap_or("demo")
         .to_string();
     let ws = Workspace::init(dir, demo_config(&name))?;
+    write_examples(&dir.join(&ws.config.segments.dir))?;
     let sources = dir.join("sources");
 
     let mut report = DemoReport {

@@ -125,6 +125,17 @@ pub fn compile(
     compile_inner(lib, cat, name, as_of, dialect, &mut Vec::new())
 }
 
+/// The errors of event definition `name` (its event names, properties and filter).
+pub fn check_event(lib: &Library, cat: &Catalog, name: &str) -> Errors {
+    let Some((file, def)) = lib.event(name) else {
+        return Vec::new();
+    };
+    let mut stack = Vec::new();
+    let mut c = Compiler::new(lib, cat, Utc::now(), Dialect::Datafusion, file, &mut stack);
+    c.selector(&def.selector);
+    c.errors
+}
+
 fn compile_inner(
     lib: &Library,
     cat: &Catalog,
@@ -144,24 +155,7 @@ fn compile_inner(
         )]);
     };
     stack.push(name.to_string());
-    let mut c = Compiler {
-        lib,
-        cat,
-        now: as_of,
-        d: dialect,
-        file,
-        stack,
-        errors: Vec::new(),
-        aggs: Vec::new(),
-        agg_conditions: Vec::new(),
-        agg_lower: Some(as_of),
-        agg_upper: as_of,
-        seqs: Vec::new(),
-        segments: Vec::new(),
-        uses_traits: false,
-        leaves: Vec::new(),
-        in_event: false,
-    };
+    let mut c = Compiler::new(lib, cat, as_of, dialect, file, stack);
     let condition = c.profile(&def.expr, true);
     if let Some((_, ty)) = &condition
         && !matches!(ty, Ty::Bool | Ty::Null)
@@ -224,7 +218,35 @@ struct Compiler<'a> {
 
 type Typed = Option<(Expr, Ty)>;
 
-impl Compiler<'_> {
+impl<'a> Compiler<'a> {
+    fn new(
+        lib: &'a Library,
+        cat: &'a Catalog,
+        now: DateTime<Utc>,
+        d: Dialect,
+        file: usize,
+        stack: &'a mut Vec<String>,
+    ) -> Compiler<'a> {
+        Compiler {
+            lib,
+            cat,
+            now,
+            d,
+            file,
+            stack,
+            errors: Vec::new(),
+            aggs: Vec::new(),
+            agg_conditions: Vec::new(),
+            agg_lower: Some(now),
+            agg_upper: now,
+            seqs: Vec::new(),
+            segments: Vec::new(),
+            uses_traits: false,
+            leaves: Vec::new(),
+            in_event: false,
+        }
+    }
+
     fn error(&mut self, span: ast::Span, message: impl Into<String>, help: impl Into<String>) {
         let help: String = help.into();
         let mut d = Diagnostic::new(span, message);
@@ -295,9 +317,12 @@ impl Compiler<'_> {
                 high,
                 negated,
             } => {
-                let (x, tx) = self.profile(expr, false)?;
-                let (lo, tl) = self.profile(low, false)?;
-                let (hi, th) = self.profile(high, false)?;
+                let parts = (
+                    self.profile(expr, false),
+                    self.profile(low, false),
+                    self.profile(high, false),
+                );
+                let ((x, tx), (lo, tl), (hi, th)) = (parts.0?, parts.1?, parts.2?);
                 self.comparable(e.span, tx, tl)?;
                 self.comparable(e.span, tx, th)?;
                 let t = if *negated {
@@ -341,8 +366,8 @@ impl Compiler<'_> {
                 Some((holds, Ty::Bool))
             }
             ExprKind::Str(op, l, r) => {
-                let (x, tx) = self.profile(l, false)?;
-                let (p, tp) = self.profile(r, false)?;
+                let (x, p) = (self.profile(l, false), self.profile(r, false));
+                let ((x, tx), (p, tp)) = (x?, p?);
                 self.expect(l.span, tx, Ty::Text, "text operators take text")?;
                 self.expect(r.span, tp, Ty::Text, "text operators take text")?;
                 let holds = self.string_op(*op, x.clone(), p)?;
@@ -389,8 +414,8 @@ impl Compiler<'_> {
                 }
                 let (cond, lower, upper) = self.selection(selector, window.as_ref())?;
                 let ts = sql::col("timestamp", d);
-                let agg = self.filtered(if *first { "min" } else { "max" }, ts, cond);
-                let a = self.add_agg(agg, lower, upper);
+                let agg = self.filtered(if *first { "min" } else { "max" }, ts, cond.clone());
+                let a = self.add_agg(agg, &cond, lower, upper);
                 Some((self.days_since(a), Ty::Number))
             }
             ExprKind::Seq(steps) => {
@@ -496,8 +521,9 @@ impl Compiler<'_> {
         }
         match op {
             BinOp::And | BinOp::Or => {
-                let (a, ta) = self.profile(l, record)?;
-                let (b, tb) = self.profile(r, record)?;
+                // Both sides first, so that errors on either side are all reported.
+                let (a, b) = (self.profile(l, record), self.profile(r, record));
+                let ((a, ta), (b, tb)) = (a?, b?);
                 self.expect(l.span, ta, Ty::Bool, "`and`/`or` combine conditions")?;
                 self.expect(r.span, tb, Ty::Bool, "`and`/`or` combine conditions")?;
                 let t = if op == BinOp::And {
@@ -508,8 +534,8 @@ impl Compiler<'_> {
                 Some((sql::nested(sql::expr(t, &[a, b])), Ty::Bool))
             }
             BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::LtEq | BinOp::Gt | BinOp::GtEq => {
-                let (a, ta) = self.profile(l, false)?;
-                let (b, tb) = self.profile(r, false)?;
+                let (a, b) = (self.profile(l, false), self.profile(r, false));
+                let ((a, ta), (b, tb)) = (a?, b?);
                 self.comparable(e.span, ta, tb)?;
                 let sym = match op {
                     BinOp::Eq => "=",
@@ -533,8 +559,8 @@ impl Compiler<'_> {
                 Some((self.add_interval(a, n, dur.unit), Ty::Time))
             }
             BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => {
-                let (a, ta) = self.profile(l, false)?;
-                let (b, tb) = self.profile(r, false)?;
+                let (a, b) = (self.profile(l, false), self.profile(r, false));
+                let ((a, ta), (b, tb)) = (a?, b?);
                 let why = "arithmetic works on numbers; times take durations (`now - 30 days`)";
                 self.expect(l.span, ta, Ty::Number, why)?;
                 self.expect(r.span, tb, Ty::Number, why)?;
@@ -640,10 +666,8 @@ impl Compiler<'_> {
 
     fn call(&mut self, e: &ast::Expr, name: &ast::Name, args: &[ast::Expr]) -> Typed {
         let fname = name.text.to_ascii_lowercase();
-        let mut compiled = Vec::new();
-        for a in args {
-            compiled.push(self.profile(a, false)?);
-        }
+        let compiled: Vec<Typed> = args.iter().map(|a| self.profile(a, false)).collect();
+        let compiled: Vec<(Expr, Ty)> = compiled.into_iter().collect::<Option<_>>()?;
         let arity = |c: &mut Self, lo: usize, hi: usize| {
             if compiled.len() < lo || compiled.len() > hi {
                 let want = if lo == hi {
@@ -1008,7 +1032,14 @@ impl Compiler<'_> {
     }
 
     /// Adds an aggregate to the single pass over events (once), and returns its column.
-    fn add_agg(&mut self, agg: Expr, lower: Option<DateTime<Utc>>, upper: DateTime<Utc>) -> Expr {
+    fn add_agg(
+        &mut self,
+        agg: Expr,
+        cond: &Expr,
+        lower: Option<DateTime<Utc>>,
+        upper: DateTime<Utc>,
+    ) -> Expr {
+        self.agg_conditions.push(cond.clone());
         let key = agg.to_string();
         let i = match self.aggs.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
@@ -1033,7 +1064,6 @@ impl Compiler<'_> {
     fn aggregate(&mut self, agg: &ast::Aggregate) -> Typed {
         let d = self.d;
         let (cond, lower, upper) = self.selection(&agg.selector, agg.window.as_ref())?;
-        self.agg_conditions.push(cond.clone());
         let (prop, pty) = match &agg.property {
             Some(path) => {
                 let was = self.in_event;
@@ -1051,11 +1081,11 @@ impl Compiler<'_> {
         Some(match agg.kind {
             AggKind::Count | AggKind::Exists | AggKind::None => {
                 let f = if d.has_filter() {
-                    sql::expr("count(*) FILTER (WHERE __0)", &[cond])
+                    sql::expr("count(*) FILTER (WHERE __0)", &[cond.clone()])
                 } else {
-                    self.filtered("count", one, cond)
+                    self.filtered("count", one, cond.clone())
                 };
-                let a = zero(self.add_agg(f, lower, upper));
+                let a = zero(self.add_agg(f, &cond, lower, upper));
                 match agg.kind {
                     AggKind::Count => (a, Ty::Number),
                     AggKind::Exists => (sql::expr("__0 > 0", &[a]), Ty::Bool),
@@ -1081,7 +1111,7 @@ impl Compiler<'_> {
                 } else {
                     "avg"
                 };
-                let a = self.add_agg(self.filtered(f, x, cond), lower, upper);
+                let a = self.add_agg(self.filtered(f, x, cond.clone()), &cond, lower, upper);
                 if agg.kind == AggKind::Sum {
                     (zero(a), Ty::Number)
                 } else {
@@ -1094,23 +1124,26 @@ impl Compiler<'_> {
                 } else {
                     "max"
                 };
-                let a = self.add_agg(self.filtered(f, prop?, cond), lower, upper);
+                let a = self.add_agg(self.filtered(f, prop?, cond.clone()), &cond, lower, upper);
                 (a, pty)
             }
             AggKind::CountDistinct => {
                 let x = prop?;
                 let f = if d.has_filter() {
-                    sql::expr("count(DISTINCT __0) FILTER (WHERE __1)", &[x, cond])
+                    sql::expr("count(DISTINCT __0) FILTER (WHERE __1)", &[x, cond.clone()])
                 } else {
-                    sql::expr("count(DISTINCT CASE WHEN __1 THEN __0 END)", &[x, cond])
+                    sql::expr(
+                        "count(DISTINCT CASE WHEN __1 THEN __0 END)",
+                        &[x, cond.clone()],
+                    )
                 };
-                (zero(self.add_agg(f, lower, upper)), Ty::Number)
+                (zero(self.add_agg(f, &cond, lower, upper)), Ty::Number)
             }
             AggKind::First | AggKind::Last => {
                 let x = prop?;
                 let first = agg.kind == AggKind::First;
                 let mid = sql::col("message_id", d);
-                let args = [x, cond, ts, mid];
+                let args = [x, cond.clone(), ts, mid];
                 let t = match (d, first) {
                     (Dialect::Datafusion, true) => {
                         "first_value(__0 ORDER BY __2, __3) FILTER (WHERE __1 AND __0 IS NOT NULL)"
@@ -1148,7 +1181,10 @@ impl Compiler<'_> {
                         return None;
                     }
                 };
-                (self.add_agg(sql::expr_in(d, t, &args), lower, upper), pty)
+                (
+                    self.add_agg(sql::expr_in(d, t, &args), &cond, lower, upper),
+                    pty,
+                )
             }
         })
     }

@@ -24,7 +24,8 @@ pub struct Library {
 
 impl Library {
     /// Every `*.seg` file of `dir`, in name order. A missing folder is an empty library.
-    pub fn load(dir: &Path) -> Result<Library> {
+    /// Paths are shown relative to `base` (the workspace folder).
+    pub fn load(dir: &Path, base: &Path) -> Result<Library> {
         let mut paths = Vec::new();
         if dir.exists() {
             let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -40,7 +41,11 @@ impl Library {
         for path in paths {
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
             sources.push(Source {
-                path: path.display().to_string(),
+                path: path
+                    .strip_prefix(base)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string(),
                 text,
             });
         }

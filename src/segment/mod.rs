@@ -42,7 +42,7 @@ impl Segments {
     pub async fn open(ws: &Workspace) -> Result<Segments> {
         let (ctx, _) = crate::sql::session(ws).await?;
         let catalog = Catalog::load(ws, &ctx).await?;
-        let library = Library::load(&ws.dir.join(&ws.config.segments.dir))?;
+        let library = Library::load(&ws.dir.join(&ws.config.segments.dir), &ws.dir)?;
         Ok(Segments {
             ctx,
             library,
@@ -95,6 +95,9 @@ impl Segments {
         let mut errors: compile::Errors = Vec::new();
         for (i, f) in self.library.files.iter().enumerate() {
             errors.extend(f.errors.iter().map(|d| (i, d.clone())));
+        }
+        for name in self.library.event_names() {
+            errors.extend(compile::check_event(&self.library, &self.catalog, name));
         }
         let mut ok = 0;
         let names: Vec<String> = self.library.segment_names().map(String::from).collect();

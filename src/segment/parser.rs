@@ -588,23 +588,30 @@ impl Parser {
         let start = name.span.start;
         self.expect_sym("(")?;
         let lower = name.text.to_ascii_lowercase();
-        if lower == "days_since"
-            && (self.is_word(0, "first") || self.is_word(0, "last"))
-            && !matches!(self.peek_at(1), Tok::Sym("("))
-        {
+        if lower == "days_since" && (self.is_word(0, "first") || self.is_word(0, "last")) {
+            // `days_since(last purchase)` (an event) or `days_since(last(purchase.timestamp))`
+            // (an expression): try the event form first, and fall back.
+            let saved = self.pos;
             let first = self.is_word(0, "first");
             self.bump();
-            let selector = self.selector()?;
-            let window = self.window()?;
-            self.expect_sym(")")?;
-            return Ok(Expr {
-                kind: ExprKind::DaysSinceEvent {
-                    first,
-                    selector,
-                    window,
-                },
-                span: Span::new(start, self.prev_end()),
+            let event_form = self.selector().and_then(|selector| {
+                let window = self.window()?;
+                self.expect_sym(")")?;
+                Ok((selector, window))
             });
+            match event_form {
+                Ok((selector, window)) => {
+                    return Ok(Expr {
+                        kind: ExprKind::DaysSinceEvent {
+                            first,
+                            selector,
+                            window,
+                        },
+                        span: Span::new(start, self.prev_end()),
+                    });
+                }
+                Err(_) => self.pos = saved,
+            }
         }
         if let Some(kind) = AggKind::parse(&lower) {
             let selector = self.selector()?;

@@ -1,0 +1,34 @@
+"""Runs compiled segment SQL in DuckDB over a tribe workspace's Delta tables.
+
+Reads a JSON document on stdin: {"tables": {name: table_path}, "views": {name: sql},
+"queries": {name: sql}}, registers every table (its current Parquet files, read through the
+Delta log with the `deltalake` package), creates the views, runs each query and prints
+{name: [sorted first-column values]} or {name: {"error": message}} as JSON.
+"""
+import json
+import sys
+
+import duckdb
+from deltalake import DeltaTable
+
+doc = json.load(sys.stdin)
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+for name, path in doc["tables"].items():
+    files = DeltaTable(path).file_uris()
+    if not files:
+        continue
+    listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+    con.execute(
+        f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet([{listing}], hive_partitioning = true)'
+    )
+for name, sql in doc.get("views", {}).items():
+    con.execute(sql)
+out = {}
+for name, sql in doc["queries"].items():
+    try:
+        rows = con.execute(sql).fetchall()
+        out[name] = sorted(str(r[0]) for r in rows)
+    except Exception as e:  # reported per query, so one failure does not hide the others
+        out[name] = {"error": str(e)}
+print(json.dumps(out))
