@@ -497,6 +497,22 @@ fn print_demo(r: &tribe::demo::DemoReport, out: &mut dyn Write) -> std::io::Resu
     if let Some(id) = &r.example_identifier {
         writeln!(out, "  tribe profile show '{id}'")?;
     }
+    let as_of = &tribe::demo::AS_OF[..10];
+    writeln!(out, "  tribe segment list")?;
+    writeln!(
+        out,
+        "  tribe segment run lapsed_loyalists --as-of {as_of} --count"
+    )?;
+    writeln!(
+        out,
+        "  tribe segment compile abandoned_carts --as-of {as_of} --dialect duckdb"
+    )?;
+    if let Some(id) = &r.example_identifier {
+        writeln!(
+            out,
+            "  tribe segment why vip_by_spend '{id}' --as-of {as_of}"
+        )?;
+    }
     for q in tribe::demo::TRY_QUERIES {
         writeln!(out, "  tribe sql \"{q}\"")?;
     }

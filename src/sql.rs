@@ -111,6 +111,15 @@ pub fn new_context(memory_mb: usize) -> Result<SessionContext> {
     let options = config.options_mut();
     options.execution.parquet.pushdown_filters = true;
     options.execution.parquet.reorder_filters = true;
+    // Expert tuning without a rebuild: TRIBE_DATAFUSION="datafusion.a.b=v,datafusion.c=w".
+    if let Ok(settings) = std::env::var("TRIBE_DATAFUSION") {
+        for setting in settings.split(',').filter(|s| !s.trim().is_empty()) {
+            let (key, value) = setting.split_once('=').ok_or_else(|| {
+                Error::Input(format!("TRIBE_DATAFUSION: {setting:?} is not key=value"))
+            })?;
+            options.set(key.trim(), value.trim())?;
+        }
+    }
     // Files can be queried by path, as in DuckDB: select * from 'truth.csv'.
     let mut ctx = SessionContext::new_with_config_rt(config, runtime).enable_url_table();
     datafusion_functions_json::register_all(&mut ctx)?;

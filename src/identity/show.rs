@@ -41,7 +41,7 @@ pub async fn find_profile(
 ) -> Result<String> {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let mut ids = column(
-        &ctx,
+        ctx,
         &format!(
             "select profile_id from profiles where profile_id = {}",
             quote(key)
@@ -50,7 +50,7 @@ pub async fn find_profile(
     .await?;
     if ids.is_empty() {
         let normalisers = Normalisers::new(&ws.config.identity)?;
-        let types = column(&ctx, "select distinct id_type from identities").await?;
+        let types = column(ctx, "select distinct id_type from identities").await?;
         let mut alternatives = Vec::new();
         for ty in types {
             if let Ok(v) = normalisers.normalise(&ty, key) {
@@ -66,7 +66,7 @@ pub async fn find_profile(
                 "select distinct profile_id from identities where {} order by 1",
                 alternatives.join(" or ")
             );
-            ids = column(&ctx, &query).await?;
+            ids = column(ctx, &query).await?;
         }
     }
     let Some(id) = ids.first().cloned() else {

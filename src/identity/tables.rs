@@ -223,9 +223,12 @@ pub fn profiles_batch(
             Arc::new(b.finish()),
         ));
     }
+    // Nested traits (`address: {city: …}`) also get a column per leaf, `address.city`, so that
+    // segments and SQL reach them without JSON functions.
+    let flat: Vec<BTreeMap<String, Value>> = profiles.iter().map(|p| flatten(&p.traits)).collect();
     let mut kinds: BTreeMap<&String, Ty> = BTreeMap::new();
-    for p in profiles {
-        for (field, v) in &p.traits {
+    for traits in &flat {
+        for (field, v) in traits {
             let t = kinds.entry(field).or_insert(Ty::of(v));
             *t = t.join(Ty::of(v));
         }
@@ -242,7 +245,7 @@ pub fn profiles_batch(
         if cols.iter().any(|(f, _)| f.name() == &name) {
             continue;
         }
-        let values = profiles.iter().map(|p| p.traits.get(field));
+        let values = flat.iter().map(|t| t.get(field));
         cols.push(ty.column(&name, values));
     }
     let batch = batch(cols)?;
@@ -253,6 +256,28 @@ pub fn profiles_batch(
         partition_columns: vec![],
     };
     Ok((spec, batch))
+}
+
+/// The traits with every leaf of a nested object added under its dotted path.
+fn flatten(traits: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
+    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+        if let Value::Object(map) = v {
+            for (k, child) in map {
+                walk(&format!("{prefix}.{k}"), child, out);
+            }
+        } else {
+            out.insert(prefix.to_string(), v.clone());
+        }
+    }
+    let mut out = traits.clone();
+    for (k, v) in traits {
+        if let Value::Object(map) = v {
+            for (sub, child) in map {
+                walk(&format!("{k}.{sub}"), child, &mut out);
+            }
+        }
+    }
+    out
 }
 
 /// The column type a trait gets: the narrowest that holds every value seen.

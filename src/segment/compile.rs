@@ -59,7 +59,10 @@ impl Compiled {
         let mut q = self.base("SELECT p.profile_id FROM profiles AS p");
         let select = sql::select_mut(&mut q);
         select.projection.push(sql::item(
-            sql::expr("COALESCE(__0, FALSE)", &[self.condition.clone()]),
+            sql::expr(
+                "COALESCE(__0, FALSE)",
+                std::slice::from_ref(&self.condition),
+            ),
             "member",
             d,
         ));
@@ -174,6 +177,9 @@ fn compile_inner(
     if !c.aggs.is_empty() {
         joins.push(("a".to_string(), c.aggregation_query()));
     }
+    for (i, (_, q)) in c.distincts.iter().enumerate() {
+        joins.push((format!("c{i}"), q.clone()));
+    }
     for (i, (_, q)) in c.seqs.iter().enumerate() {
         joins.push((format!("q{i}"), q.clone()));
     }
@@ -210,6 +216,8 @@ struct Compiler<'a> {
     agg_lower: Option<DateTime<Utc>>,
     agg_upper: DateTime<Utc>,
     seqs: Vec<(String, Query)>,
+    /// Distinct counts, each a grouped query of its own.
+    distincts: Vec<(String, Query)>,
     segments: Vec<(String, Query)>,
     uses_traits: bool,
     leaves: Vec<Leaf>,
@@ -240,6 +248,7 @@ impl<'a> Compiler<'a> {
             agg_lower: Some(now),
             agg_upper: now,
             seqs: Vec::new(),
+            distincts: Vec::new(),
             segments: Vec::new(),
             uses_traits: false,
             leaves: Vec::new(),
@@ -361,7 +370,7 @@ impl<'a> Compiler<'a> {
                 } else {
                     "__0 IS NULL"
                 };
-                let holds = sql::expr(t, &[x.clone()]);
+                let holds = sql::expr(t, std::slice::from_ref(&x));
                 self.leaf(e.span, Some(x), &holds, record);
                 Some((holds, Ty::Bool))
             }
@@ -625,6 +634,15 @@ impl<'a> Compiler<'a> {
         sql::nested(sql::expr_in(self.d, &t, &[x]))
     }
 
+    fn round6(&self, x: Expr) -> Expr {
+        let t = if self.d == Dialect::Postgres {
+            "round(CAST(__0 AS NUMERIC), 6)"
+        } else {
+            "round(__0, 6)"
+        };
+        sql::expr(t, &[x])
+    }
+
     fn epoch(&self, x: Expr) -> Expr {
         let t = match self.d {
             Dialect::Datafusion => "date_part('epoch', __0)",
@@ -716,10 +734,11 @@ impl<'a> Compiler<'a> {
                 for (i, (_, t)) in compiled.iter().enumerate() {
                     self.expect(args[i].span, *t, Ty::Number, "it takes numbers")?;
                 }
-                let t = if exprs.len() == 2 {
-                    "round(__0, __1)"
-                } else {
-                    "round(__0)"
+                let t = match (exprs.len(), self.d) {
+                    // Postgres rounds to decimal places only numerics.
+                    (2, Dialect::Postgres) => "round(CAST(__0 AS NUMERIC), __1)",
+                    (2, _) => "round(__0, __1)",
+                    _ => "round(__0)",
                 };
                 Some((sql::expr(t, &exprs), Ty::Number))
             }
@@ -1081,7 +1100,7 @@ impl<'a> Compiler<'a> {
         Some(match agg.kind {
             AggKind::Count | AggKind::Exists | AggKind::None => {
                 let f = if d.has_filter() {
-                    sql::expr("count(*) FILTER (WHERE __0)", &[cond.clone()])
+                    sql::expr("count(*) FILTER (WHERE __0)", std::slice::from_ref(&cond))
                 } else {
                     self.filtered("count", one, cond.clone())
                 };
@@ -1111,7 +1130,11 @@ impl<'a> Compiler<'a> {
                 } else {
                     "avg"
                 };
-                let a = self.add_agg(self.filtered(f, x, cond.clone()), &cond, lower, upper);
+                // Sums of floating-point values depend on the order of addition, which differs
+                // between runs and engines (299.99999999999994 or 300.0); rounding to 6 decimal
+                // places makes results reproducible and the same everywhere.
+                let raw = self.filtered(f, x, cond.clone());
+                let a = self.add_agg(self.round6(raw), &cond, lower, upper);
                 if agg.kind == AggKind::Sum {
                     (zero(a), Ty::Number)
                 } else {
@@ -1128,16 +1151,25 @@ impl<'a> Compiler<'a> {
                 (a, pty)
             }
             AggKind::CountDistinct => {
+                // Its own grouped pass over the selected events: DataFusion computes a distinct
+                // count with one hash set per group, and one such aggregate would take the
+                // whole single-pass aggregation off its vectorised path.
                 let x = prop?;
-                let f = if d.has_filter() {
-                    sql::expr("count(DISTINCT __0) FILTER (WHERE __1)", &[x, cond.clone()])
-                } else {
-                    sql::expr(
-                        "count(DISTINCT CASE WHEN __1 THEN __0 END)",
-                        &[x, cond.clone()],
-                    )
+                let filter = self.scan_filter(vec![cond], lower, upper);
+                let q = sql::query(
+                    "SELECT profile_id, count(*) AS n FROM (SELECT DISTINCT profile_id, __0 AS v \
+                     FROM profile_events WHERE __1 AND __0 IS NOT NULL) AS d GROUP BY profile_id",
+                    &[x, filter],
+                );
+                let key = q.to_string();
+                let i = match self.distincts.iter().position(|(k, _)| *k == key) {
+                    Some(i) => i,
+                    None => {
+                        self.distincts.push((key, q));
+                        self.distincts.len() - 1
+                    }
                 };
-                (zero(self.add_agg(f, &cond, lower, upper)), Ty::Number)
+                (zero(sql::expr(&format!("c{i}.n"), &[])), Ty::Number)
             }
             AggKind::First | AggKind::Last => {
                 let x = prop?;
@@ -1292,6 +1324,13 @@ impl<'a> Compiler<'a> {
             }
             let t = if hi_incl { "__0 <= __1" } else { "__0 < __1" };
             parts.push(sql::expr(t, &[nts.clone(), sql::timestamp(hi, d)]));
+            // The events that may break the chain come after its first step, so the first
+            // step's window prunes their days too.
+            let nday = sql::qcol("n", "day", d);
+            if let Some(lo) = on_first_lower.max(lower) {
+                parts.push(sql::expr("__0 >= __1", &[nday.clone(), sql::date(lo)]));
+            }
+            parts.push(sql::expr("__0 <= __1", &[nday, sql::date(hi)]));
             let prev_t = sql::expr(&format!("s{last}.t"), &[]);
             parts.push(sql::expr("__0 > __1", &[nts.clone(), prev_t.clone()]));
             let end = match neg.within {

@@ -82,7 +82,7 @@ pub fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Opti
     known
         .into_iter()
         .map(|k| (edit_distance(&name_l, &k.to_lowercase()), k))
-        .filter(|(d, k)| *d <= (k.chars().count().max(name.chars().count()) + 2) / 3)
+        .filter(|(d, k)| *d <= k.chars().count().max(name.chars().count()).div_ceil(3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
 }

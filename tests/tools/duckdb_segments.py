@@ -1,12 +1,14 @@
 """Runs compiled segment SQL in DuckDB over a tribe workspace's Delta tables.
 
 Reads a JSON document on stdin: {"tables": {name: table_path}, "views": {name: sql},
-"queries": {name: sql}}, registers every table (its current Parquet files, read through the
+"queries": {name: sql}, "repeat": n}, registers every table (its current Parquet files, read through the
 Delta log with the `deltalake` package), creates the views, runs each query and prints
-{name: [sorted first-column values]} or {name: {"error": message}} as JSON.
+{name: [sorted first-column values]} or {name: {"error": message}} as JSON. With "repeat",
+it prints {name: {"rows": n, "seconds": best of n runs}} instead (for the benchmark).
 """
 import json
 import sys
+import time
 
 import duckdb
 from deltalake import DeltaTable
@@ -25,7 +27,16 @@ for name, path in doc["tables"].items():
 for name, sql in doc.get("views", {}).items():
     con.execute(sql)
 out = {}
+repeat = doc.get("repeat")
 for name, sql in doc["queries"].items():
+    if repeat:
+        best, rows = float("inf"), 0
+        for _ in range(repeat):
+            start = time.perf_counter()
+            rows = len(con.execute(sql).fetchall())
+            best = min(best, time.perf_counter() - start)
+        out[name] = {"rows": rows, "seconds": best}
+        continue
     try:
         rows = con.execute(sql).fetchall()
         out[name] = sorted(str(r[0]) for r in rows)

@@ -1,0 +1,169 @@
+//! Segment benchmark (run with `cargo bench --bench segment`): every example segment of
+//! `queries/` on a demo workspace of `TRIBE_BENCH_PEOPLE` people (default 100,000, about 70
+//! events each), timed in tribe (DataFusion) and in DuckDB on the same Parquet files, in one
+//! run. DuckDB runs the SQL tribe compiles for it (`--dialect duckdb`), reading the tables'
+//! current files through their Delta logs (Python `duckdb` and `deltalake` from
+//! `TRIBE_TEST_VENV`, which `.ci/run` installs).
+//!
+//! The workspace is compacted with `tribe maintain` after it is built, as a production workspace
+//! would be. Reuses the workspace in `TRIBE_BENCH_DIR` when it holds a demo of that size.
+//! Prints a Markdown table for the README.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use tribe::segment::{Dialect, Segments, parse_as_of};
+use tribe::workspace::Workspace;
+
+fn main() {
+    let people: u64 = std::env::var("TRIBE_BENCH_PEOPLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let root = std::env::var("TRIBE_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("tribe-bench-segment"));
+    let dir = root.join(format!("demo-{people}"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let as_of = parse_as_of(Some(tribe::demo::AS_OF)).unwrap();
+    let (tribe_times, duck_sql, events) = runtime.block_on(async {
+        if !dir.join("tribe.toml").is_file() {
+            let options = tribe::demo::DemoOptions {
+                people,
+                days: 365,
+                seed: 42,
+                keep_sources: false,
+                resolve: true,
+            };
+            let t = Instant::now();
+            tribe::demo::build(&dir, &options, &ProgressBar::hidden())
+                .await
+                .unwrap();
+            eprintln!("built demo of {people} people in {:.0?}", t.elapsed());
+            // A production workspace is compacted regularly (`tribe maintain`); both engines
+            // then read one file per day instead of one per ingest and day.
+            let ws = Workspace::open(&dir).unwrap();
+            let options = tribe::maintain::MaintainOptions::default();
+            tribe::maintain::maintain(&ws, &options).await.unwrap();
+        }
+        let ws = Workspace::open(&dir).unwrap();
+        let segments = Segments::open(&ws).await.unwrap();
+        let events = count(&segments, "select count(*) from events").await;
+        let mut times = BTreeMap::new();
+        let mut duck = BTreeMap::new();
+        for info in segments.list() {
+            let c = segments
+                .compile(&info.name, as_of, Dialect::Datafusion)
+                .unwrap();
+            let sql = c.members().to_string();
+            let (seconds, rows) = best_of_3(&segments, &sql).await;
+            times.insert(info.name.clone(), (seconds, rows));
+            let d = segments
+                .compile(&info.name, as_of, Dialect::Duckdb)
+                .unwrap();
+            duck.insert(info.name.clone(), d.members().to_string());
+        }
+        (times, duck, events)
+    });
+    let duck_times = duckdb(&dir, &duck_sql);
+
+    println!(
+        "{people} people, {events} events, as of {}\n",
+        tribe::demo::AS_OF
+    );
+    println!("| segment | members | tribe | DuckDB |\n|---|---:|---:|---:|");
+    let (mut total_t, mut total_d) = (0.0, 0.0);
+    for (name, (seconds, rows)) in &tribe_times {
+        let (d_seconds, d_rows) = duck_times[name];
+        assert_eq!(
+            *rows, d_rows,
+            "{name}: tribe and DuckDB disagree on the member count"
+        );
+        total_t += seconds;
+        total_d += d_seconds;
+        println!("| {name} | {rows} | {seconds:.3} s | {d_seconds:.3} s |");
+    }
+    println!("| **suite** | | **{total_t:.2} s** | **{total_d:.2} s** |");
+}
+
+async fn best_of_3(segments: &Segments, sql: &str) -> (f64, u64) {
+    let mut best = f64::MAX;
+    let mut rows = 0;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let batches = segments
+            .ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        best = best.min(t.elapsed().as_secs_f64());
+        rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    }
+    (best, rows)
+}
+
+async fn count(segments: &Segments, sql: &str) -> u64 {
+    let batches = segments
+        .ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let col = batches[0].column(0);
+    arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(col).value(0) as u64
+}
+
+/// Best-of-3 seconds and row count of each query in DuckDB.
+fn duckdb(dir: &Path, queries: &BTreeMap<String, String>) -> BTreeMap<String, (f64, u64)> {
+    let venv = std::env::var("TRIBE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tribe/venv")
+        });
+    let data = dir.join("data");
+    let tables: BTreeMap<&str, String> = ["events", "profiles", "profile_keys"]
+        .into_iter()
+        .map(|t| (t, data.join(t).display().to_string()))
+        .collect();
+    let doc = serde_json::json!({
+        "tables": tables,
+        "views": {"profile_events": tribe::sql::PROFILE_EVENTS},
+        "queries": queries,
+        "repeat": 3,
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/duckdb_segments.py");
+    let mut child = Command::new(venv.join("bin/python"))
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python with duckdb: run .ci/run once");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(doc.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let result: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    result
+        .into_iter()
+        .map(|(k, v)| {
+            let seconds = v["seconds"].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+            (k, (seconds, v["rows"].as_u64().unwrap()))
+        })
+        .collect()
+}
