@@ -337,9 +337,10 @@ impl Config {
             message,
         };
         for name in self.events.properties.keys() {
-            if !is_identifier(name) {
+            // Nested properties are named by their path: `product.sku`.
+            if !name.split('.').all(is_identifier) {
                 return Err(bad(format!(
-                    "[events.properties]: {name:?} is not a valid property name (letters, digits, _)"
+                    "[events.properties]: {name:?} is not a valid property name (letters, digits, _; `.` between the parts of a nested one)"
                 )));
             }
         }

@@ -22,7 +22,7 @@ const DEFAULT_AS_OF: &str = "2026-06-30";
 fn golden_workspace() -> tempfile::TempDir {
     let dir = workspace(
         Backend::Local,
-        "[identity]\nconsent = { email = \"email_opt_in\" }\n",
+        "[events.properties]\n\"product.sku\" = \"string\"\n\n[identity]\nconsent = { email = \"email_opt_in\" }\n",
     );
     let queries = dir.path().join("queries");
     std::fs::create_dir_all(&queries).unwrap();
@@ -580,4 +580,37 @@ fn why_compile_explain_and_save() {
         "--count",
     ]));
     assert_eq!(count.trim(), "2");
+}
+
+#[test]
+fn event_names_follow_new_data_through_the_names_cache() {
+    let dir = golden_workspace();
+    let d = dir.path();
+    let seg = "segment trials = exists(\"Trial Started\")\n";
+    std::fs::write(d.join("queries/new.seg"), seg).unwrap();
+    let out = run(tribe(d).args(["segment", "check"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no event \"Trial Started\" in the data")
+    );
+    assert!(d.join(".tribe/event_names.json").exists());
+    // Compaction changes no data: the cache stays valid. New data adds its names.
+    ok(tribe(d).args(["maintain"]));
+    let line = common::track("t1", "ana", "Trial Started", "2026-06-20T00:00:00Z", "{}");
+    let file = common::write(d, "trial.jsonl", &(line + "\n"));
+    ok(tribe(d).args(["ingest", "events", file.to_str().unwrap()]));
+    ok(tribe(d).arg("resolve"));
+    ok(tribe(d).args(["segment", "check"]));
+    let members = ok(tribe(d).args([
+        "segment",
+        "run",
+        "trials",
+        "--as-of",
+        "2026-06-30",
+        "--count",
+    ]));
+    assert_eq!(members.trim(), "1");
+    // A cache from another table, or a damaged one, is ignored.
+    std::fs::write(d.join(".tribe/event_names.json"), "{not json").unwrap();
+    ok(tribe(d).args(["segment", "check"]));
 }

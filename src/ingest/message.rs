@@ -364,12 +364,28 @@ pub fn typed_values(
         return Ok(out);
     }
     for (slot, (name, ty)) in out.iter_mut().zip(typed) {
-        if let Some(raw) = map.0.get(name.as_str()) {
-            *slot = typed_value(raw.get(), *ty)
+        let found = match map.0.get(name.as_str()) {
+            Some(raw) => Some(raw.get().to_string()),
+            None if name.contains('.') => nested(&map, name),
+            None => None,
+        };
+        if let Some(raw) = found {
+            *slot = typed_value(&raw, *ty)
                 .map_err(|reason| Rejection::new(Some(&format!("properties.{name}")), reason))?;
         }
     }
     Ok(out)
+}
+
+/// A nested property by its dotted path (`product.sku`), as JSON text.
+fn nested(map: &Properties, path: &str) -> Option<String> {
+    let mut parts = path.split('.');
+    let mut current: serde_json::Value =
+        serde_json::from_str(map.0.get(parts.next()?)?.get()).ok()?;
+    for part in parts {
+        current = current.get(part)?.clone();
+    }
+    Some(current.to_string())
 }
 
 /// Converts one JSON value to a column type. Numbers written as strings ("12.50") are accepted,

@@ -9,8 +9,12 @@ use arrow::datatypes::{DataType, Schema};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 
+use deltalake::DeltaTable;
+use deltalake::kernel::{Action, Add};
+
 use crate::error::{Error, Result};
-use crate::storage::schema::PROP_PREFIX;
+use crate::storage::TableSpec;
+use crate::storage::schema::{EVENTS, PROP_PREFIX};
 use crate::workspace::Workspace;
 
 /// Value types of the segment language.
@@ -96,37 +100,131 @@ impl Catalog {
                     cat.properties.insert(p.to_string(), Ty::of(f.data_type()));
                 }
             }
-            let batches: Vec<_> = ctx
-                .sql("select distinct type, coalesce(event, name) from events")
-                .await?
-                .execute_stream()
-                .await?
-                .try_collect()
-                .await?;
-            for b in batches {
-                let types = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
-                let names = arrow::compute::cast(b.column(1), &DataType::Utf8)?;
-                let (types, names) = (types.as_string::<i32>(), names.as_string::<i32>());
-                for i in 0..b.num_rows() {
-                    if names.is_null(i) {
-                        continue;
-                    }
-                    let (ty, name) = (types.value(i), names.value(i).to_string());
-                    if ty == "page" || ty == "screen" {
-                        cat.view_names
-                            .entry(ty.to_string())
-                            .or_default()
-                            .insert(name);
-                    } else {
-                        cat.event_names.insert(name);
-                    }
-                }
-            }
+            let names = event_names(ws, ctx).await?;
+            cat.event_names = names.events;
+            cat.view_names = names.views;
         }
         cat.event_names
             .extend(ws.config.segments.events.iter().cloned());
         Ok(cat)
     }
+}
+
+/// Names of track events and of page/screen views seen in `events`, with the table version
+/// they were read at. Kept in `.tribe/event_names.json` in the workspace folder, so that a
+/// command reads only the files added since the last one (the full table only after deletes).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct EventNames {
+    table: String,
+    version: i64,
+    events: BTreeSet<String>,
+    views: BTreeMap<String, BTreeSet<String>>,
+}
+
+const NAMES_CACHE: &str = ".tribe/event_names.json";
+
+async fn event_names(ws: &Workspace, ctx: &SessionContext) -> Result<EventNames> {
+    let spec = TableSpec::existing(EVENTS, EVENTS);
+    let Some(table) = ws.storage.open(&spec).await? else {
+        return Ok(EventNames::default());
+    };
+    let url = table.table_url().to_string();
+    let version = table.version().map_or(-1, |v| v as i64);
+    let path = ws.dir.join(NAMES_CACHE);
+    let cached: Option<EventNames> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|c: &EventNames| c.table == url && c.version <= version);
+    let mut names = match cached {
+        Some(c) if c.version == version => return Ok(c),
+        Some(mut c) => match data_added_since(&table, c.version).await? {
+            Some(adds) if adds.is_empty() => c,
+            Some(adds) => {
+                let only_new = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
+                crate::sql::register(&only_new, EVENTS, &table, Some(adds)).await?;
+                read_names(&only_new, &mut c).await?;
+                c
+            }
+            None => {
+                let mut fresh = EventNames::default();
+                read_names(ctx, &mut fresh).await?;
+                fresh
+            }
+        },
+        None => {
+            let mut fresh = EventNames::default();
+            read_names(ctx, &mut fresh).await?;
+            fresh
+        }
+    };
+    names.table = url;
+    names.version = version;
+    // The cache only saves time; a workspace folder that cannot be written still works.
+    if let Some(dir) = path.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+        && let Ok(json) = serde_json::to_vec(&names)
+    {
+        let tmp = path.with_extension("json.tmp");
+        if std::fs::write(&tmp, json).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    Ok(names)
+}
+
+/// Files added with new data since `since`; `None` when data was removed (then everything is
+/// read again). Compaction rewrites files without changing data and is skipped.
+async fn data_added_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Add>>> {
+    let name = crate::storage::table_name(table);
+    let current = table.version().map_or(-1, |v| v as i64);
+    let mut adds = Vec::new();
+    for version in (since + 1)..=current {
+        let Some(bytes) = table
+            .log_store()
+            .read_commit_entry(version as u64)
+            .await
+            .map_err(|e| Error::delta(&name, e))?
+        else {
+            return Ok(None);
+        };
+        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
+            .map_err(|e| Error::delta(&name, e))?;
+        for action in actions {
+            match action {
+                Action::Add(add) if add.data_change => adds.push(add),
+                Action::Remove(r) if r.data_change => return Ok(None),
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(adds))
+}
+
+async fn read_names(ctx: &SessionContext, names: &mut EventNames) -> Result<()> {
+    let batches: Vec<_> = ctx
+        .sql("select distinct type, coalesce(event, name) from events")
+        .await?
+        .execute_stream()
+        .await?
+        .try_collect()
+        .await?;
+    for b in batches {
+        let types = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+        let values = arrow::compute::cast(b.column(1), &DataType::Utf8)?;
+        let (types, values) = (types.as_string::<i32>(), values.as_string::<i32>());
+        for i in 0..b.num_rows() {
+            if values.is_null(i) {
+                continue;
+            }
+            let (ty, name) = (types.value(i), values.value(i).to_string());
+            if ty == "page" || ty == "screen" {
+                names.views.entry(ty.to_string()).or_default().insert(name);
+            } else {
+                names.events.insert(name);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn schema_of(ctx: &SessionContext, table: &str) -> Option<Schema> {
