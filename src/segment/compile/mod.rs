@@ -1,0 +1,316 @@
+//! The binder and compiler: resolves every name of a segment against the catalog, checks types,
+//! and builds the SQL that returns its members.
+//!
+//! Shape of the compiled query: `profiles` (alias `p`), left-joined with `traits` (`t`) when
+//! computed traits are used, with one aggregation over `profile_events` (`a`) that computes every
+//! event aggregate of the segment in a single pass (`count(*) FILTER (WHERE …)` per aggregate,
+//! the scan filtered to the union of what they need, days outside every window pruned by the
+//! `day` partition), with one derived table per sequence (`q0`, …) and per referenced segment
+//! (`s0`, …). Windows are resolved against the as-of time at compile time, so they become
+//! constant timestamps that prune files and partitions.
+
+mod events;
+mod expr;
+mod functions;
+mod sequence;
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration as ChronoDuration, Months, Utc};
+use datafusion::sql::sqlparser::ast::{Expr, Query, TableFactor};
+
+use crate::segment::ast::{self, AggKind, BinOp, ExprKind, Literal, SelectorBase, StrOp, Unit};
+use crate::segment::catalog::{Catalog, Ty};
+use crate::segment::diag::{Diagnostic, closest};
+use crate::segment::library::Library;
+use crate::segment::sqlast::{self as sql, Dialect};
+
+/// One leaf condition of a segment, for `why`.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    /// The condition as the user wrote it.
+    pub text: String,
+    /// The value it tests (the left side of a comparison), when there is one.
+    pub value: Option<Expr>,
+    pub holds: Expr,
+}
+
+/// A segment compiled to its parts; `members` and `why` assemble queries from them.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub name: String,
+    pub dialect: Dialect,
+    pub as_of: DateTime<Utc>,
+    condition: Expr,
+    joins: Vec<(String, Query)>,
+    uses_traits: bool,
+    pub leaves: Vec<Leaf>,
+}
+
+/// Errors of a compilation, by file index in the library.
+pub type Errors = Vec<(usize, Diagnostic)>;
+
+impl Compiled {
+    /// The query returning the member profile ids.
+    pub fn members(&self) -> Query {
+        let mut q = self.base("SELECT p.profile_id FROM profiles AS p");
+        sql::select_mut(&mut q).selection = Some(self.condition.clone());
+        q
+    }
+
+    /// The query returning, for one profile, each leaf's value and result and membership.
+    pub fn why(&self, profile_id: &str) -> Query {
+        let d = self.dialect;
+        let mut q = self.base("SELECT p.profile_id FROM profiles AS p");
+        let select = sql::select_mut(&mut q);
+        select.projection.push(sql::item(
+            sql::expr(
+                "COALESCE(__0, FALSE)",
+                std::slice::from_ref(&self.condition),
+            ),
+            "member",
+            d,
+        ));
+        for (i, leaf) in self.leaves.iter().enumerate() {
+            if let Some(v) = &leaf.value {
+                select
+                    .projection
+                    .push(sql::item(v.clone(), &format!("value_{i}"), d));
+            }
+            select
+                .projection
+                .push(sql::item(leaf.holds.clone(), &format!("holds_{i}"), d));
+        }
+        select.selection = Some(sql::expr(
+            "p.profile_id = __0",
+            &[sql::string(profile_id, d)],
+        ));
+        q
+    }
+
+    fn base(&self, template: &str) -> Query {
+        let mut joins = String::new();
+        if self.uses_traits {
+            joins.push_str(" LEFT JOIN traits AS t ON t.profile_id = p.profile_id");
+        }
+        for (alias, _) in &self.joins {
+            joins.push_str(&format!(
+                " LEFT JOIN sub_{alias} AS {alias} ON {alias}.profile_id = p.profile_id"
+            ));
+        }
+        let mut q = sql::query(&format!("{template}{joins}"), &[]);
+        let select = sql::select_mut(&mut q);
+        for join in &mut select.from[0].joins {
+            let TableFactor::Table { name, alias, .. } = &join.relation else {
+                continue;
+            };
+            let Some((_, sub)) = self
+                .joins
+                .iter()
+                .find(|(a, _)| name.to_string() == format!("sub_{a}"))
+            else {
+                continue;
+            };
+            join.relation = TableFactor::Derived {
+                lateral: false,
+                subquery: Box::new(sub.clone()),
+                alias: alias.clone(),
+                sample: None,
+            };
+        }
+        q
+    }
+}
+
+/// Compiles segment `name` of `lib` for `as_of`.
+pub fn compile(
+    lib: &Library,
+    cat: &Catalog,
+    name: &str,
+    as_of: DateTime<Utc>,
+    dialect: Dialect,
+) -> Result<Compiled, Errors> {
+    compile_inner(lib, cat, name, as_of, dialect, &mut Vec::new())
+}
+
+/// The errors of event definition `name` (its event names, properties and filter).
+pub fn check_event(lib: &Library, cat: &Catalog, name: &str) -> Errors {
+    let Some((file, def)) = lib.event(name) else {
+        return Vec::new();
+    };
+    let mut stack = Vec::new();
+    let mut c = Compiler::new(lib, cat, Utc::now(), Dialect::Datafusion, file, &mut stack);
+    c.selector(&def.selector);
+    c.errors
+}
+
+fn compile_inner(
+    lib: &Library,
+    cat: &Catalog,
+    name: &str,
+    as_of: DateTime<Utc>,
+    dialect: Dialect,
+    stack: &mut Vec<String>,
+) -> Result<Compiled, Errors> {
+    let Some((file, def)) = lib.segment(name) else {
+        let known: Vec<&str> = lib.segment_names().collect();
+        let hint = closest(name, known.iter().copied())
+            .map(|k| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default();
+        return Err(vec![(
+            usize::MAX,
+            Diagnostic::new(Default::default(), format!("no segment `{name}`{hint}")),
+        )]);
+    };
+    stack.push(name.to_string());
+    let mut c = Compiler::new(lib, cat, as_of, dialect, file, stack);
+    let condition = c.profile(&def.expr, true);
+    if let Some((_, ty)) = &condition
+        && !matches!(ty, Ty::Bool | Ty::Null)
+    {
+        c.error(
+            def.expr.span,
+            format!("a segment is a condition, but this is a {}", ty.name()),
+            "compare it with something, e.g. `… > 0`",
+        );
+    }
+    c.stack.pop();
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    let mut joins = Vec::new();
+    if !c.aggs.is_empty() {
+        joins.push(("a".to_string(), c.aggregation_query()));
+    }
+    for (i, (_, q)) in c.distincts.iter().enumerate() {
+        joins.push((format!("c{i}"), q.clone()));
+    }
+    for (i, (_, q)) in c.seqs.iter().enumerate() {
+        joins.push((format!("q{i}"), q.clone()));
+    }
+    for (i, (_, q)) in c.segments.iter().enumerate() {
+        joins.push((format!("s{i}"), q.clone()));
+    }
+    Ok(Compiled {
+        name: name.to_string(),
+        dialect,
+        as_of,
+        condition: condition
+            .map(|(e, _)| e)
+            .unwrap_or_else(|| sql::boolean(false)),
+        joins,
+        uses_traits: c.uses_traits,
+        leaves: c.leaves,
+    })
+}
+
+struct Compiler<'a> {
+    lib: &'a Library,
+    cat: &'a Catalog,
+    now: DateTime<Utc>,
+    d: Dialect,
+    /// The file of the definition being compiled (errors point into it).
+    file: usize,
+    stack: &'a mut Vec<String>,
+    errors: Errors,
+    /// Aggregates of the single pass over events: (dedupe key, SQL).
+    aggs: Vec<(String, Expr)>,
+    /// What each aggregate needs, OR-ed into the scan's filter.
+    agg_conditions: Vec<Expr>,
+    /// Earliest and latest instants any aggregate reads (None: unbounded).
+    agg_lower: Option<DateTime<Utc>>,
+    agg_upper: DateTime<Utc>,
+    seqs: Vec<(String, Query)>,
+    /// Distinct counts, each a grouped query of its own.
+    distincts: Vec<(String, Query)>,
+    segments: Vec<(String, Query)>,
+    uses_traits: bool,
+    leaves: Vec<Leaf>,
+    in_event: bool,
+}
+
+type Typed = Option<(Expr, Ty)>;
+
+impl<'a> Compiler<'a> {
+    fn new(
+        lib: &'a Library,
+        cat: &'a Catalog,
+        now: DateTime<Utc>,
+        d: Dialect,
+        file: usize,
+        stack: &'a mut Vec<String>,
+    ) -> Compiler<'a> {
+        Compiler {
+            lib,
+            cat,
+            now,
+            d,
+            file,
+            stack,
+            errors: Vec::new(),
+            aggs: Vec::new(),
+            agg_conditions: Vec::new(),
+            agg_lower: Some(now),
+            agg_upper: now,
+            seqs: Vec::new(),
+            distincts: Vec::new(),
+            segments: Vec::new(),
+            uses_traits: false,
+            leaves: Vec::new(),
+            in_event: false,
+        }
+    }
+
+    fn error(&mut self, span: ast::Span, message: impl Into<String>, help: impl Into<String>) {
+        let help: String = help.into();
+        let mut d = Diagnostic::new(span, message);
+        if !help.is_empty() {
+            d = d.help(help);
+        }
+        self.errors.push((self.file, d));
+    }
+
+    fn text(&self, span: ast::Span) -> String {
+        let src = &self.lib.files[self.file].source.text;
+        src[span.start.min(src.len())..span.end.min(src.len())]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn leaf(&mut self, span: ast::Span, value: Option<Expr>, holds: &Expr, record: bool) {
+        if record && !self.in_event {
+            self.leaves.push(Leaf {
+                text: self.text(span),
+                value,
+                holds: holds.clone(),
+            });
+        }
+    }
+}
+
+/// `t` moved by `n` units; calendar months and years keep the day of month where it exists
+/// (and clamp to the month's last day where it does not: Jan 31 + 1 month = Feb 28).
+pub fn shift(t: DateTime<Utc>, n: i64, unit: Unit) -> Option<DateTime<Utc>> {
+    let fixed =
+        |secs: i64| t.checked_add_signed(ChronoDuration::try_seconds(secs.checked_mul(n)?)?);
+    match unit {
+        Unit::Minute => fixed(60),
+        Unit::Hour => fixed(3600),
+        Unit::Day => fixed(86_400),
+        Unit::Week => fixed(7 * 86_400),
+        Unit::Month | Unit::Year => {
+            let months = if unit == Unit::Year {
+                n.checked_mul(12)?
+            } else {
+                n
+            };
+            let m = Months::new(u32::try_from(months.unsigned_abs()).ok()?);
+            if months >= 0 {
+                t.checked_add_months(m)
+            } else {
+                t.checked_sub_months(m)
+            }
+        }
+    }
+}
