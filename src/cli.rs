@@ -112,6 +112,9 @@ enum Command {
     /// Segments: list, check, run, compile, explain, and why a profile is a member.
     #[command(subcommand)]
     Segment(crate::cli_segment::SegmentCommand),
+    /// Computed traits: purchase models (BG/NBD, Gamma-Gamma).
+    #[command(subcommand)]
+    Traits(crate::cli_traits::TraitsCommand),
     /// List the tables of the workspace with their versions and file counts.
     Tables {
         #[command(flatten)]
@@ -336,6 +339,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Traits(command) => crate::cli_traits::run(command, &cwd, &mut out),
         Command::Segment(command) => {
             let ws = open()?;
             crate::cli_segment::run(&ws, command, &mut out).await

@@ -16,6 +16,7 @@ pub mod output;
 pub mod segment;
 pub mod sql;
 pub mod storage;
+pub mod traits;
 pub mod workspace;
 
 pub use error::{Error, Result};

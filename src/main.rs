@@ -3,6 +3,7 @@
 
 mod cli;
 mod cli_segment;
+mod cli_traits;
 
 fn main() -> std::process::ExitCode {
     cli::main()

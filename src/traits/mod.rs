@@ -1,0 +1,6 @@
+//! Computed traits: purchase histories per profile and the models over them (buy-till-you-die
+//! models for purchase counts, activity and spend). `btyd` holds the models and their fitting;
+//! `cdnow` checks them against the literature's reference data.
+
+pub mod btyd;
+pub mod cdnow;

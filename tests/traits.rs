@@ -1,0 +1,89 @@
+//! Computed traits against published numbers: BG/NBD and Gamma-Gamma fitted to the CDNOW sample
+//! reproduce the literature's parameters (Fader, Hardie & Lee 2005, as the `lifetimes` package
+//! reports them), through the real binary.
+
+mod common;
+
+use std::path::Path;
+
+use common::{ok, run, tribe};
+
+fn within(got: f64, want: f64, rel: f64, what: &str) {
+    assert!(
+        ((got - want) / want).abs() <= rel,
+        "{what}: {got} is not within {}% of {want}",
+        rel * 100.0
+    );
+}
+
+#[test]
+fn cdnow_sample_reproduces_the_published_fits() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/cdnow/CDNOW_sample.txt");
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(tribe(dir.path()).args([
+        "traits",
+        "fit-cdnow",
+        file.to_str().unwrap(),
+        "--format",
+        "json",
+    ]));
+    let fit: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let f = |k: &str| fit[k].as_f64().unwrap_or_else(|| panic!("no {k} in {fit}"));
+    within(f("r"), 0.243, 0.005, "r");
+    within(f("alpha"), 4.414, 0.005, "alpha");
+    within(f("a"), 0.793, 0.005, "a");
+    within(f("b"), 2.426, 0.005, "b");
+    assert!((f("log_likelihood") - -9582.4).abs() <= 0.1, "{fit}");
+    within(f("p"), 6.25, 0.005, "p");
+    within(f("q"), 3.74, 0.005, "q");
+    within(f("gamma"), 15.44, 0.005, "gamma");
+    assert_eq!(fit["counts"]["customers"], 2357);
+    assert_eq!(fit["counts"]["repeat_customers"], 946);
+}
+
+#[test]
+fn cdnow_summary_matches_the_reference_summary() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/cdnow");
+    let summary = tribe::traits::cdnow::summarise(&dir.join("CDNOW_sample.txt")).unwrap();
+    let reference =
+        std::fs::read_to_string(dir.join("cdnow_customers_summary_with_transactions.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = reference
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), summary.histories.len());
+    // Customers in sample-id order on both sides.
+    for (row, h) in rows.iter().zip(&summary.histories) {
+        assert_eq!(row[1], h.x, "{row:?} {h:?}");
+        assert!((row[2] - h.t_x).abs() < 0.006, "{row:?} {h:?}");
+        assert!((row[3] - h.t).abs() < 0.006, "{row:?} {h:?}");
+        assert!((row[4] - h.zbar).abs() < 0.006, "{row:?} {h:?}");
+    }
+}
+
+#[test]
+fn bad_cdnow_input_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::write(
+        dir.path(),
+        "bad.txt",
+        " 00001 0001 19970101  2   29.33\n 00001 0001 1997013x  1   10.00\n",
+    );
+    let out = run(tribe(dir.path()).args(["traits", "fit-cdnow", file.to_str().unwrap()]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.txt:2: column 3 (date): \"1997013x\" is not a YYYYMMDD date"),
+        "{err}"
+    );
+    // One-time buyers only: BG/NBD cannot be fitted, and says why.
+    let file = common::write(
+        dir.path(),
+        "once.txt",
+        " 00001 0001 19970101  2   29.33\n 00002 0002 19970102  1   10.00\n",
+    );
+    let out = run(tribe(dir.path()).args(["traits", "fit-cdnow", file.to_str().unwrap()]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no customer has a repeat purchase"), "{err}");
+}
