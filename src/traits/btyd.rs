@@ -269,7 +269,17 @@ mod tests {
             t: 38.86,
             zbar: 0.0,
         };
-        assert!(m.p_alive(&recent) > 0.9 && m.p_alive(&lapsed) < 0.5);
+        // 1 / (1 + a/(b+x-1) * ((alpha+T)/(alpha+t_x))^(r+x)), worked by hand: 0.805 and 0.056.
+        assert!(
+            (m.p_alive(&recent) - 0.805).abs() < 0.002,
+            "{}",
+            m.p_alive(&recent)
+        );
+        assert!(
+            (m.p_alive(&lapsed) - 0.056).abs() < 0.002,
+            "{}",
+            m.p_alive(&lapsed)
+        );
         // The published value for x = 2, t_x = 30.43, T = 38.86 over 39 weeks.
         let h = History {
             x: 2.0,
