@@ -339,7 +339,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Traits(command) => crate::cli_traits::run(command, &cwd, &mut out),
+        Command::Traits(command) => crate::cli_traits::run(command, &cwd, open, &mut out).await,
         Command::Segment(command) => {
             let ws = open()?;
             crate::cli_segment::run(&ws, command, &mut out).await

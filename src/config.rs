@@ -29,6 +29,69 @@ pub struct Config {
     /// Where segment definitions live and what they may name.
     #[serde(default)]
     pub segments: SegmentsSection,
+    /// Computed traits: what a purchase is, units and value settings.
+    #[serde(default)]
+    pub traits: TraitsSection,
+}
+
+/// `[traits]`: how computed traits read purchases.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraitsSection {
+    /// The event that is a purchase.
+    #[serde(default = "default_purchase_event")]
+    pub purchase_event: String,
+    /// The typed property holding its value.
+    #[serde(default = "default_revenue_property")]
+    pub revenue_property: String,
+    /// Only purchases in this currency count (others are skipped and reported); none: all.
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// Time unit of the purchase models: "days" or "weeks".
+    #[serde(default = "default_unit")]
+    pub unit: String,
+    /// Horizon of `expected_purchases`, in days.
+    #[serde(default = "default_horizon")]
+    pub horizon_days: u32,
+    /// Months of customer lifetime value.
+    #[serde(default = "default_clv_months")]
+    pub clv_months: u32,
+    /// Discount rate per month for customer lifetime value.
+    #[serde(default = "default_discount")]
+    pub monthly_discount_rate: f64,
+}
+
+impl Default for TraitsSection {
+    fn default() -> Self {
+        TraitsSection {
+            purchase_event: default_purchase_event(),
+            revenue_property: default_revenue_property(),
+            currency: None,
+            unit: default_unit(),
+            horizon_days: default_horizon(),
+            clv_months: default_clv_months(),
+            monthly_discount_rate: default_discount(),
+        }
+    }
+}
+
+fn default_purchase_event() -> String {
+    "Order Completed".into()
+}
+fn default_revenue_property() -> String {
+    "revenue".into()
+}
+fn default_unit() -> String {
+    "days".into()
+}
+fn default_horizon() -> u32 {
+    90
+}
+fn default_clv_months() -> u32 {
+    12
+}
+fn default_discount() -> f64 {
+    0.01
 }
 
 /// `[segments]`: the segment language's settings.
@@ -336,6 +399,12 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
+        if self.traits.unit != "days" && self.traits.unit != "weeks" {
+            return Err(bad(format!(
+                "[traits] unit: {:?} is not \"days\" or \"weeks\"",
+                self.traits.unit
+            )));
+        }
         for name in self.events.properties.keys() {
             // Nested properties are named by their path: `product.sku`.
             if !name.split('.').all(is_identifier) {

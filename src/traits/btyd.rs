@@ -31,6 +31,8 @@ pub struct BgNbd {
     pub a: f64,
     pub b: f64,
     pub log_likelihood: f64,
+    /// The L2 penalty the fit needed (0: none); see `fit_bgnbd`.
+    pub penalizer: f64,
 }
 
 /// Fitted Gamma-Gamma parameters (`gamma` is the scale the literature calls v).
@@ -40,6 +42,8 @@ pub struct GammaGamma {
     pub q: f64,
     pub gamma: f64,
     pub log_likelihood: f64,
+    /// The L2 penalty the fit needed (0: none).
+    pub penalizer: f64,
 }
 
 /// Log-likelihood of one customer under BG/NBD.
@@ -132,18 +136,42 @@ pub fn fit_bgnbd(data: &[History]) -> Result<BgNbd> {
                 .into(),
         ));
     }
-    let (p, ll) = maximise("BG/NBD", &[1.0, 1.0, 1.0, 1.0], |p| {
+    let ll = |p: &[f64]| -> f64 {
         data.iter()
             .map(|h| bgnbd_ll(p[0], p[1], p[2], p[3], h))
             .sum()
-    })?;
+    };
+    let (p, penalizer) = penalised("BG/NBD", &[1.0, 1.0, 1.0, 1.0], data.len(), &ll)?;
     Ok(BgNbd {
         r: p[0],
         alpha: p[1],
         a: p[2],
         b: p[3],
-        log_likelihood: ll,
+        log_likelihood: ll(&p),
+        penalizer,
     })
+}
+
+/// Penalties tried, in order, when the likelihood has no finite maximum (data without visible
+/// drop-out drives b to infinity): the `lifetimes` package's L2 `penalizer_coef` on the mean
+/// negative log-likelihood, as its users set it.
+const PENALTIES: &[f64] = &[0.0, 0.001, 0.01, 0.1];
+
+fn penalised(
+    what: &str,
+    start: &[f64],
+    n: usize,
+    ll: &dyn Fn(&[f64]) -> f64,
+) -> Result<(Vec<f64>, f64)> {
+    let mut last = None;
+    for &c in PENALTIES {
+        let penalised = |p: &[f64]| ll(p) - n as f64 * c * p.iter().map(|v| v * v).sum::<f64>();
+        match maximise(what, start, penalised) {
+            Ok((p, _)) => return Ok((p, c)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one attempt"))
 }
 
 /// Fits Gamma-Gamma to the customers with repeat purchases and positive average spend; the
@@ -156,17 +184,19 @@ pub fn fit_gamma_gamma(data: &[History]) -> Result<GammaGamma> {
             usable.len()
         )));
     }
-    let (p, ll) = maximise("Gamma-Gamma", &[1.0, 1.0, 1.0], |p| {
+    let ll = |p: &[f64]| -> f64 {
         usable
             .iter()
             .map(|h| gamma_gamma_ll(p[0], p[1], p[2], h))
             .sum()
-    })?;
+    };
+    let (p, penalizer) = penalised("Gamma-Gamma", &[1.0, 1.0, 1.0], usable.len(), &ll)?;
     Ok(GammaGamma {
         p: p[0],
         q: p[1],
         gamma: p[2],
-        log_likelihood: ll,
+        log_likelihood: ll(&p),
+        penalizer,
     })
 }
 
@@ -249,6 +279,7 @@ mod tests {
             a: 0.793,
             b: 2.426,
             log_likelihood: 0.0,
+            penalizer: 0.0,
         };
         let once = History {
             x: 0.0,

@@ -4,3 +4,5 @@
 
 pub mod btyd;
 pub mod cdnow;
+pub mod compute;
+pub mod rfm;
