@@ -54,6 +54,10 @@ fn main() {
             tribe::maintain::maintain(&ws, &options).await.unwrap();
         }
         let ws = Workspace::open(&dir).unwrap();
+        if !dir.join("data/traits/_delta_log").is_dir() {
+            // Workspaces built before the demo computed traits.
+            tribe::traits::compute::compute(&ws, as_of).await.unwrap();
+        }
         let segments = Segments::open(&ws).await.unwrap();
         let events = count(&segments, "select count(*) from events").await;
         let mut times = BTreeMap::new();
@@ -133,7 +137,7 @@ fn duckdb(dir: &Path, queries: &BTreeMap<String, String>) -> BTreeMap<String, (f
             PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tribe/venv")
         });
     let data = dir.join("data");
-    let tables: BTreeMap<&str, String> = ["events", "profiles", "profile_keys"]
+    let tables: BTreeMap<&str, String> = ["events", "profiles", "profile_keys", "traits"]
         .into_iter()
         .map(|t| (t, data.join(t).display().to_string()))
         .collect();

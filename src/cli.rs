@@ -496,6 +496,12 @@ fn print_demo(r: &tribe::demo::DemoReport, out: &mut dyn Write) -> std::io::Resu
             "  identity resolution against truth.csv: precision {precision:.4}, recall {recall:.4}"
         )?;
     }
+    if let Some(b) = r.buyers {
+        writeln!(
+            out,
+            "  traits     : computed for {b} buyers (RFM, p_alive, CLV)"
+        )?;
+    }
     writeln!(out, "\ntry:")?;
     writeln!(out, "  cd {}", r.workspace)?;
     if let Some(id) = &r.example_identifier {

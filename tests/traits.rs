@@ -91,25 +91,67 @@ fn bad_cdnow_input_says_where() {
 #[test]
 fn traits_compute_writes_rfm_and_clv_usable_in_sql_and_segments() {
     let dir = tempfile::tempdir().unwrap();
-    ok(tribe(dir.path()).args(["demo", "d", "--people", "300", "--seed", "5", "--no-sources"]));
+    ok(tribe(dir.path()).args([
+        "demo",
+        "d",
+        "--people",
+        "300",
+        "--seed",
+        "5",
+        "--no-sources",
+    ]));
     let ws = dir.path().join("d");
-    let out = ok(tribe(&ws).args(["traits", "compute", "--as-of", "2026-07-01", "--format", "json"]));
+    let out = ok(tribe(&ws).args([
+        "traits",
+        "compute",
+        "--as-of",
+        "2026-07-01",
+        "--format",
+        "json",
+    ]));
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let buyers = report["buyers"].as_i64().unwrap();
     assert!(buyers > 100, "{report}");
     assert!(report["bgnbd"]["r"].as_f64().unwrap() > 0.0, "{report}");
-    assert_eq!(report["not_produced"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(
+        report["not_produced"].as_array().unwrap().len(),
+        0,
+        "{report}"
+    );
     // One row per buyer; scores 1-5; model values present and finite for every buyer.
-    let rows = common::sql(&ws, "select count(*), min(rfm_recency), max(rfm_frequency), count(p_alive), count(clv), \
-        sum(case when isnan(clv) or clv < 0 or p_alive < 0 or p_alive > 1 then 1 else 0 end) from traits");
+    let rows = common::sql(
+        &ws,
+        "select count(*), min(rfm_recency), max(rfm_frequency), count(p_alive), count(clv), \
+        sum(case when isnan(clv) or clv < 0 or p_alive < 0 or p_alive > 1 then 1 else 0 end) from traits",
+    );
     assert_eq!(rows, vec![format!("{buyers},1,5,{buyers},{buyers},0")]);
     // Buyers recently active have higher p_alive than those long gone, on average.
-    let by = common::sql(&ws, "select round(avg(case when recency_days < 30 then p_alive end) - avg(case when recency_days > 180 then p_alive end), 3) > 0 from traits");
+    let by = common::sql(
+        &ws,
+        "select round(avg(case when recency_days < 30 then p_alive end) - avg(case when recency_days > 180 then p_alive end), 3) > 0 from traits",
+    );
     assert_eq!(by, vec!["true"]);
     // Traits are profile fields in segments.
-    std::fs::write(ws.join("queries/value.seg"), "segment valuable = clv > 300 and rfm_segment != \"hibernating\"\n").unwrap();
-    let n: i64 = ok(tribe(&ws).args(["segment", "run", "valuable", "--as-of", "2026-07-01", "--count"])).trim().parse().unwrap();
-    let expected = common::sql_count(&ws, "select count(*) from traits where clv > 300 and rfm_segment <> 'hibernating'");
+    std::fs::write(
+        ws.join("queries/value.seg"),
+        "segment valuable = clv > 300 and rfm_segment != \"hibernating\"\n",
+    )
+    .unwrap();
+    let n: i64 = ok(tribe(&ws).args([
+        "segment",
+        "run",
+        "valuable",
+        "--as-of",
+        "2026-07-01",
+        "--count",
+    ]))
+    .trim()
+    .parse()
+    .unwrap();
+    let expected = common::sql_count(
+        &ws,
+        "select count(*) from traits where clv > 300 and rfm_segment <> 'hibernating'",
+    );
     assert_eq!(n, expected);
     assert!(n > 0);
 }

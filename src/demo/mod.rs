@@ -37,7 +37,7 @@ pub struct DemoOptions {
     pub seed: u64,
     /// Keep the generated source files under `sources/` (they are always written first).
     pub keep_sources: bool,
-    /// Resolve identities after ingesting, and score them against `truth.csv`.
+    /// Resolve identities after ingesting, score them against `truth.csv`, and compute traits.
     pub resolve: bool,
 }
 
@@ -79,6 +79,8 @@ pub struct DemoReport {
     pub recall: Option<f64>,
     /// An e-mail address as one source spelled it, for `tribe profile show`.
     pub example_identifier: Option<String>,
+    /// Profiles with purchases, whose traits were computed as of the demo's as-of time.
+    pub buyers: Option<u64>,
 }
 
 /// The demo workspace's config: CRM contacts and point-of-sale orders mapped as record sources.
@@ -239,6 +241,12 @@ pub async fn build(
         report.precision = Some(scores.precision);
         report.recall = Some(scores.recall);
         report.example_identifier = example_email(&truth);
+        progress.set_message("computing traits");
+        let as_of = chrono::DateTime::parse_from_rfc3339(AS_OF)
+            .expect("valid as-of")
+            .with_timezone(&chrono::Utc);
+        let traits = crate::traits::compute::compute(&ws, as_of).await?;
+        report.buyers = Some(traits.buyers);
     }
     Ok(report)
 }
