@@ -127,12 +127,10 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     if full_because.is_none() {
         let last = &runs.last().expect("runs exist when incremental").versions;
         for (name, table) in &sources {
-            match sightings::added_since(table, last.get(name).copied().unwrap_or(-1)).await? {
+            match crate::storage::added_since(table, last.get(name).copied().unwrap_or(-1)).await? {
                 Some(adds) => new_files.push(Some(adds)),
                 None => {
-                    full_because = Some(format!(
-                        "files of {name} were rewritten since the last run (compaction or deletion)"
-                    ));
+                    full_because = Some(format!("data was deleted from {name} since the last run"));
                     break;
                 }
             }

@@ -11,7 +11,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
-use deltalake::kernel::{Action, Add};
+use deltalake::kernel::Add;
 use futures::TryStreamExt;
 use serde_json::{Map, Value};
 
@@ -176,35 +176,6 @@ pub async fn load(
         }
     }
     Ok(out)
-}
-
-/// The files that commits after `since` added to `table`, or `None` when they cannot be told
-/// apart from older data (a commit removed or rewrote files, or the log was cleaned up).
-pub async fn added_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Add>>> {
-    let name = crate::storage::table_name(table);
-    let current = table.version().map_or(-1, |v| v as i64);
-    let mut adds = Vec::new();
-    for version in (since + 1)..=current {
-        let Some(bytes) = table
-            .log_store()
-            .read_commit_entry(version as u64)
-            .await
-            .map_err(|e| Error::delta(&name, e))?
-        else {
-            return Ok(None);
-        };
-        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
-            .map_err(|e| Error::delta(&name, e))?;
-        for action in actions {
-            match action {
-                Action::Remove(_) => return Ok(None),
-                Action::Add(add) if add.data_change => adds.push(add),
-                Action::Add(_) => return Ok(None),
-                _ => {}
-            }
-        }
-    }
-    Ok(Some(adds))
 }
 
 /// Registers `table` in `ctx` as `name`, restricted to `files` when given; false when there is

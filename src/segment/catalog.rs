@@ -9,9 +9,6 @@ use arrow::datatypes::{DataType, Schema};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 
-use deltalake::DeltaTable;
-use deltalake::kernel::{Action, Add};
-
 use crate::error::{Error, Result};
 use crate::storage::TableSpec;
 use crate::storage::schema::{EVENTS, PROP_PREFIX};
@@ -137,7 +134,7 @@ async fn event_names(ws: &Workspace, ctx: &SessionContext) -> Result<EventNames>
         .filter(|c: &EventNames| c.table == url && c.version <= version);
     let mut names = match cached {
         Some(c) if c.version == version => return Ok(c),
-        Some(mut c) => match data_added_since(&table, c.version).await? {
+        Some(mut c) => match crate::storage::added_since(&table, c.version).await? {
             Some(adds) if adds.is_empty() => c,
             Some(adds) => {
                 let only_new = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
@@ -170,34 +167,6 @@ async fn event_names(ws: &Workspace, ctx: &SessionContext) -> Result<EventNames>
         }
     }
     Ok(names)
-}
-
-/// Files added with new data since `since`; `None` when data was removed (then everything is
-/// read again). Compaction rewrites files without changing data and is skipped.
-async fn data_added_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Add>>> {
-    let name = crate::storage::table_name(table);
-    let current = table.version().map_or(-1, |v| v as i64);
-    let mut adds = Vec::new();
-    for version in (since + 1)..=current {
-        let Some(bytes) = table
-            .log_store()
-            .read_commit_entry(version as u64)
-            .await
-            .map_err(|e| Error::delta(&name, e))?
-        else {
-            return Ok(None);
-        };
-        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
-            .map_err(|e| Error::delta(&name, e))?;
-        for action in actions {
-            match action {
-                Action::Add(add) if add.data_change => adds.push(add),
-                Action::Remove(r) if r.data_change => return Ok(None),
-                _ => {}
-            }
-        }
-    }
-    Ok(Some(adds))
 }
 
 async fn read_names(ctx: &SessionContext, names: &mut EventNames) -> Result<()> {

@@ -11,7 +11,7 @@ use std::path::Path;
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
-use deltalake::kernel::{Action, StructType};
+use deltalake::kernel::{Action, Add, StructType};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
@@ -358,6 +358,34 @@ pub fn table_schema(table: &DeltaTable) -> Result<SchemaRef> {
         .snapshot()
         .map_err(|e| Error::delta(&table_name(table), e))?;
     Ok(snapshot.snapshot().arrow_schema())
+}
+
+/// Files added with new data since `since`; `None` when data was removed (then everything is
+/// read again). Compaction rewrites files without changing data and is skipped.
+pub async fn added_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Add>>> {
+    let name = table_name(table);
+    let current = table.version().map_or(-1, |v| v as i64);
+    let mut adds = Vec::new();
+    for version in (since + 1)..=current {
+        let Some(bytes) = table
+            .log_store()
+            .read_commit_entry(version as u64)
+            .await
+            .map_err(|e| Error::delta(&name, e))?
+        else {
+            return Ok(None);
+        };
+        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
+            .map_err(|e| Error::delta(&name, e))?;
+        for action in actions {
+            match action {
+                Action::Add(add) if add.data_change => adds.push(add),
+                Action::Remove(r) if r.data_change => return Ok(None),
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(adds))
 }
 
 #[cfg(test)]

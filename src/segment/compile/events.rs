@@ -5,12 +5,7 @@ use super::*;
 impl Compiler<'_> {
     pub(super) fn event_field(&mut self, path: &[ast::Name]) -> Option<(Expr, Ty)> {
         let d = self.d;
-        let joined: String = path
-            .iter()
-            .map(|n| n.text.as_str())
-            .collect::<Vec<_>>()
-            .join(".");
-        let span = path[0].span.to(path[path.len() - 1].span);
+        let (joined, span) = dotted(path);
         match joined.as_str() {
             "timestamp" => return Some((sql::col("timestamp", d), Ty::Time)),
             "type" => return Some((sql::col("type", d), Ty::Text)),

@@ -418,12 +418,7 @@ impl Compiler<'_> {
 
     pub(super) fn profile_field(&mut self, path: &[ast::Name]) -> Option<(Expr, Ty)> {
         let d = self.d;
-        let joined: String = path
-            .iter()
-            .map(|n| n.text.as_str())
-            .collect::<Vec<_>>()
-            .join(".");
-        let span = path[0].span.to(path[path.len() - 1].span);
+        let (joined, span) = dotted(path);
         if path.len() == 2 && path[0].text.eq_ignore_ascii_case("consent") {
             let column = format!("consent_{}", path[1].text);
             if let Some(ty) = self.cat.profile.get(&column) {

@@ -289,6 +289,16 @@ impl<'a> Compiler<'a> {
     }
 }
 
+/// A field path as written (`address.city`) and where it is.
+fn dotted(path: &[ast::Name]) -> (String, ast::Span) {
+    let text = path
+        .iter()
+        .map(|n| n.text.as_str())
+        .collect::<Vec<_>>()
+        .join(".");
+    (text, path[0].span.to(path[path.len() - 1].span))
+}
+
 /// `t` moved by `n` units; calendar months and years keep the day of month where it exists
 /// (and clamp to the month's last day where it does not: Jan 31 + 1 month = Feb 28).
 pub fn shift(t: DateTime<Utc>, n: i64, unit: Unit) -> Option<DateTime<Utc>> {
