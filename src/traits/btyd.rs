@@ -90,8 +90,15 @@ impl<F: Fn(&[f64]) -> f64> CostFunction for NegLl<F> {
     }
 }
 
-/// Minimises a negative log-likelihood over positive parameters, from `start`.
-fn maximise(what: &str, start: &[f64], ll: impl Fn(&[f64]) -> f64) -> Result<(Vec<f64>, f64)> {
+/// Minimises a negative log-likelihood over positive parameters, from `start`. The cost is
+/// the mean over `n` customers, so that the tolerance means the same at any scale.
+fn maximise(
+    what: &str,
+    start: &[f64],
+    n: usize,
+    ll: impl Fn(&[f64]) -> f64,
+) -> Result<(Vec<f64>, f64)> {
+    const MAX_ITERS: u64 = 5_000;
     let x0: Vec<f64> = start.iter().map(|p| p.ln()).collect();
     let mut simplex = vec![x0.clone()];
     for i in 0..x0.len() {
@@ -101,10 +108,11 @@ fn maximise(what: &str, start: &[f64], ll: impl Fn(&[f64]) -> f64) -> Result<(Ve
     }
     let fail = |e: argmin::core::Error| Error::Input(format!("{what}: the optimiser failed: {e}"));
     let solver = NelderMead::new(simplex)
-        .with_sd_tolerance(1e-10)
+        .with_sd_tolerance(1e-12)
         .map_err(fail)?;
-    let result = Executor::new(NegLl(ll), solver)
-        .configure(|state| state.max_iters(20_000))
+    let scale = n.max(1) as f64;
+    let result = Executor::new(NegLl(|p: &[f64]| ll(p) / scale), solver)
+        .configure(|state| state.max_iters(MAX_ITERS))
         .run()
         .map_err(fail)?;
     let state = result.state();
@@ -117,12 +125,13 @@ fn maximise(what: &str, start: &[f64], ll: impl Fn(&[f64]) -> f64) -> Result<(Ve
             "{what}: the likelihood could not be maximised (no finite value found)"
         )));
     }
-    if state.get_iter() >= 20_000 {
+    // A parameter running off towards infinity means the likelihood has no finite maximum.
+    if state.get_iter() >= MAX_ITERS || best.iter().any(|p| p.abs() > 20.0) {
         return Err(Error::Input(format!(
-            "{what}: the optimiser did not converge in 20,000 iterations"
+            "{what}: the optimiser did not converge (the likelihood has no finite maximum)"
         )));
     }
-    Ok((best.iter().map(|p| p.exp()).collect(), -cost))
+    Ok((best.iter().map(|p| p.exp()).collect(), -cost * scale))
 }
 
 /// Fits BG/NBD to the histories (every customer, one-time buyers included).
@@ -166,7 +175,7 @@ fn penalised(
     let mut last = None;
     for &c in PENALTIES {
         let penalised = |p: &[f64]| ll(p) - n as f64 * c * p.iter().map(|v| v * v).sum::<f64>();
-        match maximise(what, start, penalised) {
+        match maximise(what, start, n, penalised) {
             Ok((p, _)) => return Ok((p, c)),
             Err(e) => last = Some(e),
         }
