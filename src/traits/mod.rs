@@ -5,4 +5,6 @@
 pub mod btyd;
 pub mod cdnow;
 pub mod compute;
+pub mod fit;
 pub mod rfm;
+pub mod special;

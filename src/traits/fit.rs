@@ -1,0 +1,190 @@
+//! Maximum-likelihood fitting for the traits models: argmin's L-BFGS (More-Thuente line search)
+//! on log-parameters, so every parameter stays positive, with analytic gradients, and the
+//! `lifetimes` package's L2 penalty tried in steps when the likelihood has no finite maximum.
+
+use std::sync::Mutex;
+
+use argmin::core::{CostFunction, Executor, Gradient};
+use argmin::solver::linesearch::MoreThuenteLineSearch;
+use argmin::solver::quasinewton::LBFGS;
+
+use crate::error::{Error, Result};
+
+/// A log-likelihood with its gradient, over positive parameters (not their logs).
+pub trait Likelihood: Sync {
+    /// Number of observations, so that the optimiser works on a per-observation mean.
+    fn observations(&self) -> usize;
+    /// The log-likelihood at `p` and, into `grad`, its gradient with respect to `p`.
+    fn ll_grad(&self, p: &[f64], grad: &mut [f64]) -> f64;
+}
+
+/// Beyond this log-parameter (e^25 ≈ 7e10) the cost is a wall; a fit that ends near it has
+/// found no finite maximum.
+const WALL: f64 = 25.0;
+const DIVERGED: f64 = 20.0;
+
+/// Penalties tried, in order, when the likelihood has no finite maximum (data without visible
+/// drop-out drives b to infinity): the `lifetimes` package's L2 `penalizer_coef` on the mean
+/// negative log-likelihood, as its users set it.
+const PENALTIES: &[f64] = &[0.0, 0.001, 0.01, 0.1];
+
+/// Maximises `model`'s likelihood from `start`, with the smallest penalty that gives a finite
+/// maximum. Returns the parameters and the penalty used.
+pub fn fit(what: &str, model: &dyn Likelihood, start: &[f64]) -> Result<(Vec<f64>, f64)> {
+    let mut last = None;
+    for &c in PENALTIES {
+        match maximise(what, model, start, c) {
+            Ok(p) => return Ok((p, c)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+/// The negative mean penalised log-likelihood as a function of log-parameters. The last value
+/// and gradient are kept because the line search asks for both at the same point, and the best
+/// point seen is kept because a line search that cannot improve any more ends with an error.
+struct Objective<'a> {
+    model: &'a dyn Likelihood,
+    penalty: f64,
+    last: Mutex<Option<Evaluated>>,
+    best: &'a Mutex<Option<Best>>,
+}
+
+/// Log-parameters, cost and gradient.
+type Evaluated = (Vec<f64>, f64, Vec<f64>);
+
+#[derive(Clone)]
+struct Best {
+    log_p: Vec<f64>,
+    cost: f64,
+    grad_norm: f64,
+}
+
+impl Objective<'_> {
+    fn eval(&self, log_p: &[f64]) -> (f64, Vec<f64>) {
+        if let Some((at, cost, grad)) = self.last.lock().expect("not poisoned").as_ref()
+            && at == log_p
+        {
+            return (*cost, grad.clone());
+        }
+        let (cost, grad) = if log_p.iter().any(|v| v.abs() > WALL || !v.is_finite()) {
+            (f64::MAX / 4.0, vec![0.0; log_p.len()])
+        } else {
+            let p: Vec<f64> = log_p.iter().map(|v| v.exp()).collect();
+            let mut g = vec![0.0; p.len()];
+            let n = self.model.observations().max(1) as f64;
+            let ll = self.model.ll_grad(&p, &mut g) / n
+                - self.penalty * p.iter().map(|v| v * v).sum::<f64>();
+            // d/d(log p) = p · d/dp, and the cost is the negative.
+            let grad = p
+                .iter()
+                .zip(&g)
+                .map(|(pi, gi)| -(pi * (gi / n - 2.0 * self.penalty * pi)))
+                .collect::<Vec<_>>();
+            if ll.is_finite() && grad.iter().all(|v| v.is_finite()) {
+                (-ll, grad)
+            } else {
+                (f64::MAX / 4.0, vec![0.0; log_p.len()])
+            }
+        };
+        let mut best = self.best.lock().expect("not poisoned");
+        if best.as_ref().is_none_or(|b| cost < b.cost) {
+            *best = Some(Best {
+                log_p: log_p.to_vec(),
+                cost,
+                grad_norm: grad.iter().map(|g| g * g).sum::<f64>().sqrt(),
+            });
+        }
+        *self.last.lock().expect("not poisoned") = Some((log_p.to_vec(), cost, grad.clone()));
+        (cost, grad)
+    }
+}
+
+impl CostFunction for Objective<'_> {
+    type Param = Vec<f64>;
+    type Output = f64;
+    fn cost(&self, p: &Vec<f64>) -> std::result::Result<f64, argmin::core::Error> {
+        Ok(self.eval(p).0)
+    }
+}
+
+impl Gradient for Objective<'_> {
+    type Param = Vec<f64>;
+    type Gradient = Vec<f64>;
+    fn gradient(&self, p: &Vec<f64>) -> std::result::Result<Vec<f64>, argmin::core::Error> {
+        Ok(self.eval(p).1)
+    }
+}
+
+fn maximise(what: &str, model: &dyn Likelihood, start: &[f64], penalty: f64) -> Result<Vec<f64>> {
+    const MAX_ITERS: u64 = 500;
+    // At a maximum the gradient of the mean log-likelihood vanishes up to rounding; a point
+    // where it is still this large is not one.
+    const GRAD_OK: f64 = 1e-6;
+    let fail = |e: argmin::core::Error| Error::Input(format!("{what}: the optimiser failed: {e}"));
+    let best = Mutex::new(None);
+    let objective = Objective {
+        model,
+        penalty,
+        last: Mutex::new(None),
+        best: &best,
+    };
+    // No cost tolerance: on a likelihood without a finite maximum the cost flattens long
+    // before the gradient vanishes, and stopping there would report a diverging fit as found.
+    let solver = LBFGS::new(MoreThuenteLineSearch::new(), 7)
+        .with_tolerance_grad(1e-10)
+        .map_err(fail)?
+        .with_tolerance_cost(0.0)
+        .map_err(fail)?;
+    let x0: Vec<f64> = start.iter().map(|p| p.ln()).collect();
+    // A line search that can no longer improve ends the run with an error; the best point
+    // seen decides whether that was at a maximum.
+    let run_error = Executor::new(objective, solver)
+        .configure(|state| state.param(x0).max_iters(MAX_ITERS))
+        .run()
+        .err();
+    let best = best.into_inner().expect("not poisoned");
+    let Some(best) = best.filter(|b| b.cost < f64::MAX / 8.0) else {
+        return Err(match run_error {
+            Some(e) => fail(e),
+            None => Error::Input(format!(
+                "{what}: the likelihood could not be maximised (no finite value found)"
+            )),
+        });
+    };
+    // A parameter running off towards infinity means the likelihood has no finite maximum.
+    if best.grad_norm > GRAD_OK || best.log_p.iter().any(|p| p.abs() > DIVERGED) {
+        return Err(Error::Input(format!(
+            "{what}: the optimiser did not converge (the likelihood has no finite maximum)"
+        )));
+    }
+    Ok(best.log_p.iter().map(|p| p.exp()).collect())
+}
+
+/// Sums `f` over `items` in fixed chunks on the rayon pool; the chunk sums are added in order,
+/// so the result does not depend on scheduling.
+pub fn par_sum<T: Sync, const K: usize>(
+    items: &[T],
+    f: impl Fn(&[T], &mut [f64; K]) -> f64 + Sync,
+) -> (f64, [f64; K]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 16_384;
+    let parts: Vec<(f64, [f64; K])> = items
+        .par_chunks(CHUNK)
+        .map(|chunk| {
+            let mut g = [0.0; K];
+            let v = f(chunk, &mut g);
+            (v, g)
+        })
+        .collect();
+    let mut total = 0.0;
+    let mut grad = [0.0; K];
+    for (v, g) in parts {
+        total += v;
+        for k in 0..K {
+            grad[k] += g[k];
+        }
+    }
+    (total, grad)
+}
