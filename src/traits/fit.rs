@@ -1,6 +1,7 @@
-//! Maximum-likelihood fitting for the traits models: argmin's L-BFGS (More-Thuente line search)
-//! on log-parameters, so every parameter stays positive, with analytic gradients, and the
-//! `lifetimes` package's L2 penalty tried in steps when the likelihood has no finite maximum.
+//! Fitting for the traits models: argmin's L-BFGS with a More-Thuente line search
+//! (`minimise`), and maximum likelihood with it on log-parameters (`fit`), so every parameter
+//! stays positive, with the `lifetimes` package's L2 penalty tried in steps when the
+//! likelihood has no finite maximum.
 
 use std::sync::Mutex;
 
@@ -41,67 +42,61 @@ pub fn fit(what: &str, model: &dyn Likelihood, start: &[f64]) -> Result<(Vec<f64
     Err(last.expect("at least one attempt"))
 }
 
-/// The negative mean penalised log-likelihood as a function of log-parameters. The last value
-/// and gradient are kept because the line search asks for both at the same point, and the best
-/// point seen is kept because a line search that cannot improve any more ends with an error.
-struct Objective<'a> {
-    model: &'a dyn Likelihood,
-    penalty: f64,
-    last: Mutex<Option<Evaluated>>,
-    best: &'a Mutex<Option<Best>>,
+/// A function to minimise, with its gradient.
+pub trait Cost: Sync {
+    /// The value at `x` and, into `grad`, its gradient.
+    fn cost_grad(&self, x: &[f64], grad: &mut [f64]) -> f64;
 }
 
-/// Log-parameters, cost and gradient.
+/// The best point an L-BFGS run saw.
+#[derive(Debug, Clone)]
+pub struct Minimum {
+    pub x: Vec<f64>,
+    pub cost: f64,
+    pub grad_norm: f64,
+}
+
+/// `Cost` for argmin. The last value and gradient are kept because the line search asks for
+/// both at the same point, and the best point seen is kept because a line search that cannot
+/// improve any more ends the run with an error.
+struct Problem<'a> {
+    cost: &'a dyn Cost,
+    last: Mutex<Option<Evaluated>>,
+    best: &'a Mutex<Option<Minimum>>,
+}
+
+/// Point, value and gradient.
 type Evaluated = (Vec<f64>, f64, Vec<f64>);
 
-#[derive(Clone)]
-struct Best {
-    log_p: Vec<f64>,
-    cost: f64,
-    grad_norm: f64,
-}
-
-impl Objective<'_> {
-    fn eval(&self, log_p: &[f64]) -> (f64, Vec<f64>) {
+impl Problem<'_> {
+    fn eval(&self, x: &[f64]) -> (f64, Vec<f64>) {
         if let Some((at, cost, grad)) = self.last.lock().expect("not poisoned").as_ref()
-            && at == log_p
+            && at == x
         {
             return (*cost, grad.clone());
         }
-        let (cost, grad) = if log_p.iter().any(|v| v.abs() > WALL || !v.is_finite()) {
-            (f64::MAX / 4.0, vec![0.0; log_p.len()])
-        } else {
-            let p: Vec<f64> = log_p.iter().map(|v| v.exp()).collect();
-            let mut g = vec![0.0; p.len()];
-            let n = self.model.observations().max(1) as f64;
-            let ll = self.model.ll_grad(&p, &mut g) / n
-                - self.penalty * p.iter().map(|v| v * v).sum::<f64>();
-            // d/d(log p) = p · d/dp, and the cost is the negative.
-            let grad = p
-                .iter()
-                .zip(&g)
-                .map(|(pi, gi)| -(pi * (gi / n - 2.0 * self.penalty * pi)))
-                .collect::<Vec<_>>();
-            if ll.is_finite() && grad.iter().all(|v| v.is_finite()) {
-                (-ll, grad)
-            } else {
-                (f64::MAX / 4.0, vec![0.0; log_p.len()])
-            }
-        };
+        let mut grad = vec![0.0; x.len()];
+        let mut cost = self.cost.cost_grad(x, &mut grad);
+        // Outside the region where the function is defined, a wall the line search backs
+        // away from rather than a NaN that would derail it.
+        if !cost.is_finite() || !grad.iter().all(|v| v.is_finite()) {
+            cost = f64::MAX / 4.0;
+            grad.iter_mut().for_each(|g| *g = 0.0);
+        }
         let mut best = self.best.lock().expect("not poisoned");
         if best.as_ref().is_none_or(|b| cost < b.cost) {
-            *best = Some(Best {
-                log_p: log_p.to_vec(),
+            *best = Some(Minimum {
+                x: x.to_vec(),
                 cost,
                 grad_norm: grad.iter().map(|g| g * g).sum::<f64>().sqrt(),
             });
         }
-        *self.last.lock().expect("not poisoned") = Some((log_p.to_vec(), cost, grad.clone()));
+        *self.last.lock().expect("not poisoned") = Some((x.to_vec(), cost, grad.clone()));
         (cost, grad)
     }
 }
 
-impl CostFunction for Objective<'_> {
+impl CostFunction for Problem<'_> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, p: &Vec<f64>) -> std::result::Result<f64, argmin::core::Error> {
@@ -109,7 +104,7 @@ impl CostFunction for Objective<'_> {
     }
 }
 
-impl Gradient for Objective<'_> {
+impl Gradient for Problem<'_> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, p: &Vec<f64>) -> std::result::Result<Vec<f64>, argmin::core::Error> {
@@ -117,49 +112,84 @@ impl Gradient for Objective<'_> {
     }
 }
 
-fn maximise(what: &str, model: &dyn Likelihood, start: &[f64], penalty: f64) -> Result<Vec<f64>> {
-    const MAX_ITERS: u64 = 500;
-    // At a maximum the gradient of the mean log-likelihood vanishes up to rounding; a point
-    // where it is still this large is not one.
-    const GRAD_OK: f64 = 1e-6;
+/// Minimises `cost` from `x0` with L-BFGS until the gradient norm is below `tol_grad`, the
+/// line search can improve no more, or `max_iters`; returns the best point seen (callers
+/// judge it by its gradient norm).
+pub fn minimise(
+    what: &str,
+    cost: &dyn Cost,
+    x0: Vec<f64>,
+    tol_grad: f64,
+    max_iters: u64,
+) -> Result<Minimum> {
     let fail = |e: argmin::core::Error| Error::Input(format!("{what}: the optimiser failed: {e}"));
     let best = Mutex::new(None);
-    let objective = Objective {
-        model,
-        penalty,
+    let problem = Problem {
+        cost,
         last: Mutex::new(None),
         best: &best,
     };
     // No cost tolerance: on a likelihood without a finite maximum the cost flattens long
     // before the gradient vanishes, and stopping there would report a diverging fit as found.
     let solver = LBFGS::new(MoreThuenteLineSearch::new(), 7)
-        .with_tolerance_grad(1e-10)
+        .with_tolerance_grad(tol_grad)
         .map_err(fail)?
         .with_tolerance_cost(0.0)
         .map_err(fail)?;
-    let x0: Vec<f64> = start.iter().map(|p| p.ln()).collect();
-    // A line search that can no longer improve ends the run with an error; the best point
-    // seen decides whether that was at a maximum.
-    let run_error = Executor::new(objective, solver)
-        .configure(|state| state.param(x0).max_iters(MAX_ITERS))
+    let run_error = Executor::new(problem, solver)
+        .configure(|state| state.param(x0).max_iters(max_iters))
         .run()
         .err();
     let best = best.into_inner().expect("not poisoned");
-    let Some(best) = best.filter(|b| b.cost < f64::MAX / 8.0) else {
-        return Err(match run_error {
+    match best.filter(|b| b.cost < f64::MAX / 8.0) {
+        Some(b) => Ok(b),
+        None => Err(match run_error {
             Some(e) => fail(e),
             None => Error::Input(format!(
-                "{what}: the likelihood could not be maximised (no finite value found)"
+                "{what}: the function could not be minimised (no finite value found)"
             )),
-        });
-    };
+        }),
+    }
+}
+
+/// A likelihood as a cost over log-parameters: the negative mean log-likelihood plus the L2
+/// penalty on the parameters.
+struct LogParams<'a> {
+    model: &'a dyn Likelihood,
+    penalty: f64,
+}
+
+impl Cost for LogParams<'_> {
+    fn cost_grad(&self, log_p: &[f64], grad: &mut [f64]) -> f64 {
+        if log_p.iter().any(|v| v.abs() > WALL) {
+            return f64::INFINITY;
+        }
+        let p: Vec<f64> = log_p.iter().map(|v| v.exp()).collect();
+        let mut g = vec![0.0; p.len()];
+        let n = self.model.observations().max(1) as f64;
+        let ll = self.model.ll_grad(&p, &mut g) / n
+            - self.penalty * p.iter().map(|v| v * v).sum::<f64>();
+        // d/d(log p) = p · d/dp, and the cost is the negative.
+        for k in 0..p.len() {
+            grad[k] = -(p[k] * (g[k] / n - 2.0 * self.penalty * p[k]));
+        }
+        -ll
+    }
+}
+
+fn maximise(what: &str, model: &dyn Likelihood, start: &[f64], penalty: f64) -> Result<Vec<f64>> {
+    // At a maximum the gradient of the mean log-likelihood vanishes up to rounding; a point
+    // where it is still this large is not one.
+    const GRAD_OK: f64 = 1e-6;
+    let x0: Vec<f64> = start.iter().map(|p| p.ln()).collect();
+    let best = minimise(what, &LogParams { model, penalty }, x0, 1e-10, 500)?;
     // A parameter running off towards infinity means the likelihood has no finite maximum.
-    if best.grad_norm > GRAD_OK || best.log_p.iter().any(|p| p.abs() > DIVERGED) {
+    if best.grad_norm > GRAD_OK || best.x.iter().any(|p| p.abs() > DIVERGED) {
         return Err(Error::Input(format!(
             "{what}: the optimiser did not converge (the likelihood has no finite maximum)"
         )));
     }
-    Ok(best.log_p.iter().map(|p| p.exp()).collect())
+    Ok(best.x.iter().map(|p| p.exp()).collect())
 }
 
 /// Sums `f` over `items` in fixed chunks on the rayon pool; the chunk sums are added in order,
