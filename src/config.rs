@@ -59,6 +59,30 @@ pub struct TraitsSection {
     /// Discount rate per month for customer lifetime value.
     #[serde(default = "default_discount")]
     pub monthly_discount_rate: f64,
+    /// Propensity models, by the name of the trait they produce.
+    #[serde(default)]
+    pub models: std::collections::BTreeMap<String, PropensityModel>,
+}
+
+/// `[traits.models.<name>]`: a propensity score, the probability that `event` happens (or,
+/// with `predict = "absent"`, does not happen) in the next `horizon_days`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PropensityModel {
+    /// The event predicted (default: the purchase event).
+    #[serde(default)]
+    pub event: Option<String>,
+    pub horizon_days: u32,
+    /// "occurs" (default) or "absent".
+    #[serde(default = "default_predict")]
+    pub predict: String,
+    /// L2 penalty on the mean log-loss (default 1 / training rows, scikit-learn's C = 1).
+    #[serde(default)]
+    pub l2: Option<f64>,
+}
+
+fn default_predict() -> String {
+    "occurs".into()
 }
 
 impl Default for TraitsSection {
@@ -71,6 +95,7 @@ impl Default for TraitsSection {
             horizon_days: default_horizon(),
             clv_months: default_clv_months(),
             monthly_discount_rate: default_discount(),
+            models: Default::default(),
         }
     }
 }
@@ -404,6 +429,27 @@ impl Config {
                 "[traits] unit: {:?} is not \"days\" or \"weeks\"",
                 self.traits.unit
             )));
+        }
+        for (name, model) in &self.traits.models {
+            if !is_identifier(name)
+                || crate::traits::compute::BUILT_IN_COLUMNS.contains(&name.as_str())
+            {
+                return Err(bad(format!(
+                    "[traits.models.{name}]: model names are letters, digits and _, and not one of the built-in traits ({})",
+                    crate::traits::compute::BUILT_IN_COLUMNS.join(", ")
+                )));
+            }
+            if model.predict != "occurs" && model.predict != "absent" {
+                return Err(bad(format!(
+                    "[traits.models.{name}] predict: {:?} is not \"occurs\" or \"absent\"",
+                    model.predict
+                )));
+            }
+            if model.horizon_days == 0 {
+                return Err(bad(format!(
+                    "[traits.models.{name}] horizon_days: must be at least 1"
+                )));
+            }
         }
         for name in self.events.properties.keys() {
             // Nested properties are named by their path: `product.sku`.

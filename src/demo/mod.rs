@@ -135,6 +135,20 @@ pub fn demo_config(name: &str) -> Config {
     );
     config.identity.default_country = Some("DE".into());
     config.identity.consent = map(&[("email", "email_opt_in"), ("sms", "sms_opt_in")]);
+    let model = |horizon_days, predict: &str| crate::config::PropensityModel {
+        event: None,
+        horizon_days,
+        predict: predict.into(),
+        l2: None,
+    };
+    config
+        .traits
+        .models
+        .insert("churn_propensity".into(), model(90, "absent"));
+    config
+        .traits
+        .models
+        .insert("purchase_propensity_30d".into(), model(30, "occurs"));
     config
 }
 

@@ -31,6 +31,7 @@ pub const RESERVED_TABLES: &[&str] = &[
     "identity_conflicts",
     "resolve_runs",
     "traits",
+    "trait_models",
     "segment_members",
     "export_runs",
     "privacy_log",

@@ -3,6 +3,7 @@
 //! being active, expected purchases over the horizon, expected spend and discounted lifetime
 //! value, written to the `traits` table (replaced as a whole, in one commit).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -17,6 +18,8 @@ use crate::error::{Error, Result};
 use crate::storage::schema::timestamp_type;
 use crate::storage::{TableSpec, WriteMode};
 use crate::traits::btyd::{self, BgNbd, GammaGamma, History};
+use crate::traits::features::{self, Purchases};
+use crate::traits::propensity::{self, Trained};
 use crate::traits::rfm;
 use crate::workspace::Workspace;
 
@@ -25,7 +28,9 @@ use crate::workspace::Workspace;
 pub struct ComputeReport {
     pub as_of: String,
     pub unit: String,
-    /// Profiles with at least one purchase (rows of `traits`).
+    /// Profiles first seen by the as-of time (rows of `traits`).
+    pub profiles: u64,
+    /// Profiles with at least one purchase.
     pub buyers: u64,
     pub repeat_buyers: u64,
     pub transactions: u64,
@@ -33,10 +38,42 @@ pub struct ComputeReport {
     pub other_currency: u64,
     pub bgnbd: Option<BgNbd>,
     pub gamma_gamma: Option<GammaGamma>,
+    /// Propensity models trained, with their held-out AUC.
+    pub models: Vec<ModelSummary>,
     /// Traits not produced, and why.
     pub not_produced: Vec<String>,
     pub seconds: f64,
 }
+
+/// A propensity model's headline numbers; `tribe traits report` shows the rest.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    pub name: String,
+    pub training_rows: u64,
+    pub holdout_rows: u64,
+    pub auc: f64,
+    pub log_loss: f64,
+}
+
+/// Columns of `traits` that are not propensity models (model names must differ).
+pub const BUILT_IN_COLUMNS: &[&str] = &[
+    "profile_id",
+    "as_of",
+    "computed_at",
+    "recency_days",
+    "frequency",
+    "monetary",
+    "rfm_recency",
+    "rfm_frequency",
+    "rfm_monetary",
+    "rfm_score",
+    "rfm_segment",
+    "repeat_purchases",
+    "p_alive",
+    "expected_purchases",
+    "expected_spend",
+    "clv",
+];
 
 /// One buyer's transactions: (UTC day start, spend), in day order.
 struct Buyer {
@@ -140,7 +177,50 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
             None
         }
     };
+    let horizon = cfg.horizon_days as f64 / unit_days;
+    let purchases_at = |at: DateTime<Utc>| purchases(&buyers, at, unit_days, horizon, None);
+    let mut trained = Vec::new();
+    let mut scores: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+    let population = if cfg.models.is_empty() {
+        population(&ctx, as_of).await?
+    } else {
+        let longest = cfg
+            .models
+            .values()
+            .map(|m| m.horizon_days)
+            .max()
+            .unwrap_or(0);
+        let plan = features::plan(&ctx, as_of - chrono::Duration::days(i64::from(longest))).await?;
+        let now = purchases(&buyers, as_of, unit_days, horizon, bgnbd.as_ref());
+        let scoring = features::table(&ctx, &plan, as_of, &now).await?;
+        for (name, spec) in &cfg.models {
+            let result = propensity::train(
+                &ctx,
+                name,
+                spec,
+                &cfg.purchase_event,
+                &plan,
+                as_of,
+                &purchases_at,
+                &scoring,
+            )
+            .await;
+            match result {
+                Ok((t, s)) => {
+                    scores.push((name.clone(), s.into_iter().map(Some).collect()));
+                    trained.push(t);
+                }
+                Err(e) => {
+                    not_produced.push(format!("{name}: {e}"));
+                    scores.push((name.clone(), vec![None; scoring.ids.len()]));
+                }
+            }
+        }
+        scoring.ids
+    };
     let batch = traits_batch(
+        &population,
+        &scores,
         &buyers,
         &histories,
         as_of,
@@ -149,21 +229,100 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
         gamma_gamma.as_ref(),
         cfg,
     )?;
+    let rows = batch.num_rows() as u64;
+    let models = models_batch(as_of, bgnbd.as_ref(), gamma_gamma.as_ref(), &trained)?;
+    // The models first: a reader that sees new traits finds the models that made them.
     ws.storage
-        .write(&traits_spec(), vec![batch], WriteMode::Replace)
+        .write(&models_spec(), vec![models], WriteMode::Replace)
+        .await?;
+    ws.storage
+        .write(
+            &traits_spec(&cfg.models.keys().cloned().collect::<Vec<_>>()),
+            vec![batch],
+            WriteMode::Replace,
+        )
         .await?;
     Ok(ComputeReport {
         as_of: as_of.to_rfc3339(),
         unit: cfg.unit.clone(),
+        profiles: rows,
         buyers: buyers.len() as u64,
         repeat_buyers: histories.iter().filter(|h| h.x > 0.0).count() as u64,
         transactions: buyers.iter().map(|b| b.days.len() as u64).sum(),
         other_currency,
         bgnbd,
         gamma_gamma,
+        models: trained
+            .iter()
+            .map(|t| ModelSummary {
+                name: t.name.clone(),
+                training_rows: t.training_rows,
+                holdout_rows: t.holdout.rows,
+                auc: t.holdout.auc,
+                log_loss: t.holdout.log_loss,
+            })
+            .collect(),
         not_produced,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Profiles first seen by `at`, in id order.
+async fn population(
+    ctx: &datafusion::prelude::SessionContext,
+    at: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT profile_id FROM profiles WHERE first_seen <= CAST('{}' AS TIMESTAMP) ORDER BY 1",
+        at.format("%Y-%m-%d %H:%M:%S%.6f")
+    );
+    let mut ids = Vec::new();
+    for b in ctx.sql(&sql).await?.collect().await? {
+        let col = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+        ids.extend(col.as_string::<i32>().iter().flatten().map(String::from));
+    }
+    Ok(ids)
+}
+
+/// Each buyer's purchase summary as of `at` (purchases after it ignored), with BG/NBD
+/// outputs from `model`, or from a model fitted to the histories as of `at`.
+fn purchases(
+    buyers: &[Buyer],
+    at: DateTime<Utc>,
+    unit_days: f64,
+    horizon: f64,
+    model: Option<&BgNbd>,
+) -> HashMap<String, Purchases> {
+    let at_us = at.timestamp_micros();
+    let known: Vec<(&Buyer, usize)> = buyers
+        .iter()
+        .map(|b| (b, b.days.partition_point(|(d, _)| *d <= at_us)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let histories: Vec<History> = known
+        .iter()
+        .map(|(b, n)| history(&b.days[..*n], at_us, unit_days))
+        .collect();
+    let fitted = match model {
+        Some(m) => Some(*m),
+        None => btyd::fit_bgnbd(&histories).ok(),
+    };
+    known
+        .iter()
+        .zip(&histories)
+        .map(|((b, n), h)| {
+            let days = &b.days[..*n];
+            let finite = |v: f64| v.is_finite().then_some(v);
+            let p = Purchases {
+                transactions: *n as f64,
+                monetary: days.iter().map(|(_, s)| s).sum(),
+                recency_days: ((at_us - days[n - 1].0) / DAY_US) as f64,
+                p_alive: fitted.and_then(|m| finite(m.p_alive(h))),
+                expected: fitted.and_then(|m| finite(m.expected_purchases(horizon, h))),
+            };
+            (b.profile_id.clone(), p)
+        })
+        .collect()
 }
 
 /// A buyer's history in model units: repeat transactions, the last one's time after the first,
@@ -186,35 +345,126 @@ fn history(days: &[(i64, f64)], now_us: i64, unit_days: f64) -> History {
     }
 }
 
-/// The `traits` table's shape.
-pub fn traits_spec() -> TableSpec {
+/// The `traits` table's shape: the built-in traits, then one column per propensity model.
+pub fn traits_spec(models: &[String]) -> TableSpec {
     let f = |n: &str, t: DataType| Field::new(n, t, true);
+    let mut fields = vec![
+        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("as_of", timestamp_type(), false),
+        Field::new("computed_at", timestamp_type(), false),
+        f("recency_days", DataType::Int64),
+        f("frequency", DataType::Int64),
+        f("monetary", DataType::Float64),
+        f("rfm_recency", DataType::Int64),
+        f("rfm_frequency", DataType::Int64),
+        f("rfm_monetary", DataType::Int64),
+        f("rfm_score", DataType::Utf8),
+        f("rfm_segment", DataType::Utf8),
+        f("repeat_purchases", DataType::Int64),
+        f("p_alive", DataType::Float64),
+        f("expected_purchases", DataType::Float64),
+        f("expected_spend", DataType::Float64),
+        f("clv", DataType::Float64),
+    ];
+    fields.extend(models.iter().map(|m| f(m, DataType::Float64)));
     TableSpec {
         name: "traits".into(),
         path: "traits".into(),
+        schema: Arc::new(Schema::new(fields)),
+        partition_columns: vec![],
+    }
+}
+
+/// The `trait_models` table: each fitted model of the last computation, its parameters and
+/// metrics as JSON.
+pub fn models_spec() -> TableSpec {
+    TableSpec {
+        name: "trait_models".into(),
+        path: "trait_models".into(),
         schema: Arc::new(Schema::new(vec![
-            Field::new("profile_id", DataType::Utf8, false),
+            Field::new("model", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, false),
             Field::new("as_of", timestamp_type(), false),
             Field::new("computed_at", timestamp_type(), false),
-            f("recency_days", DataType::Int64),
-            f("frequency", DataType::Int64),
-            f("monetary", DataType::Float64),
-            f("rfm_recency", DataType::Int64),
-            f("rfm_frequency", DataType::Int64),
-            f("rfm_monetary", DataType::Int64),
-            f("rfm_score", DataType::Utf8),
-            f("rfm_segment", DataType::Utf8),
-            f("repeat_purchases", DataType::Int64),
-            f("p_alive", DataType::Float64),
-            f("expected_purchases", DataType::Float64),
-            f("expected_spend", DataType::Float64),
-            f("clv", DataType::Float64),
+            Field::new("parameters", DataType::Utf8, false),
+            Field::new("metrics", DataType::Utf8, false),
         ])),
         partition_columns: vec![],
     }
 }
 
+/// Model name, kind, parameters and metrics (JSON).
+type ModelRow<'a> = (String, &'a str, String, String);
+
+fn models_batch(
+    as_of: DateTime<Utc>,
+    bg: Option<&BgNbd>,
+    gg: Option<&GammaGamma>,
+    trained: &[Trained],
+) -> Result<RecordBatch> {
+    let json = |v: serde_json::Value| v.to_string();
+    let mut rows: Vec<ModelRow> = Vec::new();
+    if let Some(m) = bg {
+        rows.push((
+            "bgnbd".into(),
+            "bgnbd",
+            json(serde_json::json!({"r": m.r, "alpha": m.alpha, "a": m.a, "b": m.b, "penalizer": m.penalizer})),
+            json(serde_json::json!({"log_likelihood": m.log_likelihood})),
+        ));
+    }
+    if let Some(m) = gg {
+        rows.push((
+            "gamma_gamma".into(),
+            "gamma_gamma",
+            json(
+                serde_json::json!({"p": m.p, "q": m.q, "gamma": m.gamma, "penalizer": m.penalizer}),
+            ),
+            json(serde_json::json!({"log_likelihood": m.log_likelihood})),
+        ));
+    }
+    for t in trained {
+        let parameters = serde_json::json!({
+            "event": t.event, "predict": t.predict, "horizon_days": t.horizon_days,
+            "cutoff": t.cutoff, "model": t.model,
+        });
+        let metrics = serde_json::json!({
+            "training_rows": t.training_rows,
+            "training_positive_rate": t.training_positive_rate,
+            "holdout": t.holdout,
+        });
+        rows.push((
+            t.name.clone(),
+            "logistic_regression",
+            json(parameters),
+            json(metrics),
+        ));
+    }
+    let n = rows.len();
+    let text = |f: fn(&ModelRow) -> String| -> ArrayRef {
+        Arc::new(arrow::array::StringArray::from(
+            rows.iter().map(f).collect::<Vec<_>>(),
+        ))
+    };
+    let computed = Utc::now().timestamp_micros();
+    let columns: Vec<ArrayRef> = vec![
+        text(|r| r.0.clone()),
+        text(|r| r.1.to_string()),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![as_of.timestamp_micros(); n]).with_timezone("UTC"),
+        ),
+        Arc::new(TimestampMicrosecondArray::from(vec![computed; n]).with_timezone("UTC")),
+        text(|r| r.2.clone()),
+        text(|r| r.3.clone()),
+    ];
+    Ok(RecordBatch::try_new(models_spec().schema, columns)?)
+}
+
+/// One row per profile of `population` (and any buyer missing from it); the purchase traits
+/// are null for profiles without purchases.
+#[allow(clippy::too_many_arguments)]
 fn traits_batch(
+    population: &[String],
+    scores: &[(String, Vec<Option<f64>>)],
     buyers: &[Buyer],
     histories: &[History],
     as_of: DateTime<Utc>,
@@ -223,7 +473,6 @@ fn traits_batch(
     gg: Option<&GammaGamma>,
     cfg: &crate::config::TraitsSection,
 ) -> Result<RecordBatch> {
-    let n = buyers.len();
     let now_us = as_of.timestamp_micros();
     let recency: Vec<f64> = buyers
         .iter()
@@ -239,30 +488,57 @@ fn traits_batch(
         rfm::quintiles(&frequency, true),
         rfm::quintiles(&monetary, true),
     );
+    let buyer_of: HashMap<&str, usize> = buyers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.profile_id.as_str(), i))
+        .collect();
+    let in_population: std::collections::HashSet<&str> =
+        population.iter().map(String::as_str).collect();
+    // (profile id, its row in the model scores, its buyer index)
+    let mut rows: Vec<(&str, Option<usize>, Option<usize>)> = population
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), Some(i), buyer_of.get(id.as_str()).copied()))
+        .collect();
+    rows.extend(
+        buyers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| !in_population.contains(b.profile_id.as_str()))
+            .map(|(i, b)| (b.profile_id.as_str(), None, Some(i))),
+    );
+    let n = rows.len();
     let mut ids = StringBuilder::new();
-    let (mut rec, mut freq, mut rr, mut ff, mut mm, mut rep) = (
-        Int64Builder::new(),
-        Int64Builder::new(),
-        Int64Builder::new(),
-        Int64Builder::new(),
-        Int64Builder::new(),
-        Int64Builder::new(),
-    );
-    let mut mon = Float64Builder::new();
+    let int = || Int64Builder::with_capacity(n);
+    let (mut rec, mut freq, mut rr, mut ff, mut mm, mut rep) =
+        (int(), int(), int(), int(), int(), int());
+    let float = || Float64Builder::with_capacity(n);
+    let mut mon = float();
     let (mut score, mut segment) = (StringBuilder::new(), StringBuilder::new());
-    let (mut alive, mut expected, mut spend, mut clv) = (
-        Float64Builder::new(),
-        Float64Builder::new(),
-        Float64Builder::new(),
-        Float64Builder::new(),
-    );
+    let (mut alive, mut expected, mut spend, mut clv) = (float(), float(), float(), float());
+    let mut model_columns: Vec<Float64Builder> = scores.iter().map(|_| float()).collect();
     // Never a NaN or infinity in the table: a value the model cannot give is null.
     let finite = |v: f64| v.is_finite().then_some(v);
     let horizon = cfg.horizon_days as f64 / unit_days;
     let month = 30.0 / unit_days;
-    for i in 0..n {
+    for (id, scored, buyer) in rows {
+        ids.append_value(id);
+        for (column, (_, values)) in model_columns.iter_mut().zip(scores) {
+            column.append_option(scored.and_then(|i| values[i]).and_then(finite));
+        }
+        let Some(i) = buyer else {
+            for b in [&mut rec, &mut freq, &mut rr, &mut ff, &mut mm, &mut rep] {
+                b.append_null();
+            }
+            for b in [&mut mon, &mut alive, &mut expected, &mut spend, &mut clv] {
+                b.append_null();
+            }
+            score.append_null();
+            segment.append_null();
+            continue;
+        };
         let h = &histories[i];
-        ids.append_value(&buyers[i].profile_id);
         rec.append_value(recency[i] as i64);
         freq.append_value(frequency[i] as i64);
         mon.append_value(monetary[i]);
@@ -292,8 +568,8 @@ fn traits_batch(
         clv.append_option(value);
     }
     let computed = Utc::now().timestamp_micros();
-    let spec = traits_spec();
-    let columns: Vec<ArrayRef> = vec![
+    let spec = traits_spec(&scores.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+    let mut columns: Vec<ArrayRef> = vec![
         Arc::new(ids.finish()),
         Arc::new(TimestampMicrosecondArray::from(vec![now_us; n]).with_timezone("UTC")),
         Arc::new(TimestampMicrosecondArray::from(vec![computed; n]).with_timezone("UTC")),
@@ -311,6 +587,11 @@ fn traits_batch(
         Arc::new(spend.finish()),
         Arc::new(clv.finish()),
     ];
+    columns.extend(
+        model_columns
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef),
+    );
     Ok(RecordBatch::try_new(spec.schema, columns)?)
 }
 

@@ -5,6 +5,9 @@
 pub mod btyd;
 pub mod cdnow;
 pub mod compute;
+pub mod features;
 pub mod fit;
+pub mod logistic;
+pub mod propensity;
 pub mod rfm;
 pub mod special;
