@@ -13,11 +13,18 @@ use crate::cli::FormatArg;
 
 #[derive(Subcommand)]
 pub enum TraitsCommand {
-    /// Compute RFM, BG/NBD and Gamma-Gamma traits of every buyer into the `traits` table.
+    /// Compute RFM, BG/NBD, Gamma-Gamma and propensity traits of every profile into the
+    /// `traits` table, and the fitted models into `trait_models`.
     Compute {
         /// The time the traits describe (date or RFC 3339 timestamp; default now).
         #[arg(long)]
         as_of: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// What the last `traits compute` fitted: each model's parameters and held-out metrics,
+    /// the propensity models' calibration, and the distribution of every trait.
+    Report {
         #[command(flatten)]
         format: FormatArg,
     },
@@ -47,6 +54,12 @@ pub async fn run(
             print_report(&report, format.format, out)?;
             Ok(ExitCode::SUCCESS)
         }
+        TraitsCommand::Report { format } => {
+            let ws = open()?;
+            let report = tribe::traits::report::report(&ws).await?;
+            print_traits_report(&report, format.format, out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         TraitsCommand::FitCdnow { file, format } => {
             let started = std::time::Instant::now();
             let fit = tribe::traits::cdnow::fit(&cwd.join(file))?;
@@ -58,4 +71,58 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// JSON: the whole report. Table and CSV: one section after another, each with its title.
+fn print_traits_report(
+    report: &tribe::traits::report::Report,
+    format: tribe::output::OutputFormat,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use tribe::output::{OutputFormat, print_rows};
+    let io = |e| Error::io("<stdout>", e);
+    if format == OutputFormat::Json {
+        return print_report(report, format, out);
+    }
+    #[derive(serde::Serialize)]
+    struct Model<'a> {
+        model: &'a str,
+        kind: &'a str,
+        summary: &'a str,
+    }
+    let models: Vec<Model> = report
+        .models
+        .iter()
+        .map(|m| Model {
+            model: &m.model,
+            kind: &m.kind,
+            summary: &m.summary,
+        })
+        .collect();
+    let title = |out: &mut dyn Write, t: &str| -> Result<()> {
+        if format == OutputFormat::Csv {
+            writeln!(out, "# {t}").map_err(io)
+        } else {
+            writeln!(out, "{t}").map_err(io)
+        }
+    };
+    title(out, &format!("models (as of {})", report.as_of))?;
+    print_rows(&models, format, out)?;
+    if !report.calibration.is_empty() {
+        writeln!(out).map_err(io)?;
+        title(
+            out,
+            "calibration on held-out profiles (deciles of predicted probability)",
+        )?;
+        print_rows(&report.calibration, format, out)?;
+    }
+    writeln!(out).map_err(io)?;
+    title(out, "distributions")?;
+    print_rows(&report.distributions, format, out)?;
+    if !report.rfm_groups.is_empty() {
+        writeln!(out).map_err(io)?;
+        title(out, "RFM groups (buyers)")?;
+        print_rows(&report.rfm_groups, format, out)?;
+    }
+    Ok(())
 }

@@ -101,6 +101,10 @@ fn traits_compute_writes_rfm_and_clv_usable_in_sql_and_segments() {
         "--no-sources",
     ]));
     let ws = dir.path().join("d");
+    // A model whose event never happens cannot be trained: reported, its column all null.
+    let mut config = std::fs::read_to_string(ws.join("tribe.toml")).unwrap();
+    config.push_str("\n[traits.models.never_happens]\nevent = \"Unheard Of\"\nhorizon_days = 30\n");
+    std::fs::write(ws.join("tribe.toml"), config).unwrap();
     let out = ok(tribe(&ws).args([
         "traits",
         "compute",
@@ -113,10 +117,22 @@ fn traits_compute_writes_rfm_and_clv_usable_in_sql_and_segments() {
     let buyers = report["buyers"].as_i64().unwrap();
     assert!(buyers > 100, "{report}");
     assert!(report["bgnbd"]["r"].as_f64().unwrap() > 0.0, "{report}");
-    assert_eq!(
-        report["not_produced"].as_array().unwrap().len(),
-        0,
+    let not_produced = report["not_produced"].as_array().unwrap();
+    assert_eq!(not_produced.len(), 1, "{report}");
+    assert!(
+        not_produced[0]
+            .as_str()
+            .unwrap()
+            .starts_with("never_happens: all ")
+            && not_produced[0]
+                .as_str()
+                .unwrap()
+                .contains("have the same label (negative)"),
         "{report}"
+    );
+    assert_eq!(
+        common::sql(&ws, "select count(never_happens) from traits"),
+        vec!["0"]
     );
     // One row per profile; purchase traits for buyers only, scores 1-5; model values present
     // and finite for every buyer; propensities for everyone, in [0, 1].
@@ -152,6 +168,36 @@ fn traits_compute_writes_rfm_and_clv_usable_in_sql_and_segments() {
             "purchase_propensity_30d,logistic_regression"
         ]
     );
+    // The report shows every model, the calibration of each propensity model on its held-out
+    // profiles, and a distribution per numeric trait.
+    let out = ok(tribe(&ws).args(["traits", "report", "--format", "json"]));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<&str> = r["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "bgnbd",
+            "gamma_gamma",
+            "churn_propensity",
+            "purchase_propensity_30d"
+        ]
+    );
+    assert_eq!(r["calibration"].as_array().unwrap().len(), 20, "{r}");
+    let churn = r["distributions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["trait"] == "churn_propensity")
+        .unwrap();
+    assert_eq!(churn["profiles"].as_i64().unwrap(), profiles);
+    assert!(churn["p10"].as_f64().unwrap() <= churn["p90"].as_f64().unwrap());
+    let table = ok(tribe(&ws).args(["traits", "report"]));
+    assert!(table.contains("holdout AUC"), "{table}");
     // Buyers recently active have higher p_alive than those long gone, on average.
     let by = common::sql(
         &ws,
@@ -161,7 +207,8 @@ fn traits_compute_writes_rfm_and_clv_usable_in_sql_and_segments() {
     // Traits are profile fields in segments.
     std::fs::write(
         ws.join("queries/value.seg"),
-        "segment valuable = clv > 300 and rfm_segment != \"hibernating\"\n",
+        "segment valuable = clv > 300 and rfm_segment != \"hibernating\"\n\
+         segment likely_buyers = purchase_propensity_30d > 0.5\n",
     )
     .unwrap();
     let n: i64 = ok(tribe(&ws).args([
@@ -181,6 +228,22 @@ fn traits_compute_writes_rfm_and_clv_usable_in_sql_and_segments() {
     );
     assert_eq!(n, expected);
     assert!(n > 0);
+    let n: i64 = ok(tribe(&ws).args([
+        "segment",
+        "run",
+        "likely_buyers",
+        "--as-of",
+        "2026-07-01",
+        "--count",
+    ]))
+    .trim()
+    .parse()
+    .unwrap();
+    let expected = common::sql_count(
+        &ws,
+        "select count(*) from traits where purchase_propensity_30d > 0.5",
+    );
+    assert_eq!(n, expected);
 }
 
 /// The issue's yardstick: on CDNOW (calibration to 1997-09-30, label: any purchase in the

@@ -9,5 +9,6 @@ pub mod features;
 pub mod fit;
 pub mod logistic;
 pub mod propensity;
+pub mod report;
 pub mod rfm;
 pub mod special;
