@@ -15,44 +15,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use indicatif::ProgressBar;
 use tribe::segment::{Dialect, Segments, parse_as_of};
 use tribe::workspace::Workspace;
+
+mod common;
 
 fn main() {
     let people: u64 = std::env::var("TRIBE_BENCH_PEOPLE")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let root = std::env::var("TRIBE_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir().join("tribe-bench-segment"));
-    let dir = root.join(format!("demo-{people}"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let as_of = parse_as_of(Some(tribe::demo::AS_OF)).unwrap();
-    let (tribe_times, duck_sql, events) = runtime.block_on(async {
-        if !dir.join("tribe.toml").is_file() {
-            let options = tribe::demo::DemoOptions {
-                people,
-                days: 365,
-                seed: 42,
-                keep_sources: false,
-                resolve: true,
-            };
-            let t = Instant::now();
-            tribe::demo::build(&dir, &options, &ProgressBar::hidden())
-                .await
-                .unwrap();
-            eprintln!("built demo of {people} people in {:.0?}", t.elapsed());
-            // A production workspace is compacted regularly (`tribe maintain`); both engines
-            // then read one file per day instead of one per ingest and day.
-            let ws = Workspace::open(&dir).unwrap();
-            let options = tribe::maintain::MaintainOptions::default();
-            tribe::maintain::maintain(&ws, &options).await.unwrap();
-        }
+    let (tribe_times, duck_sql, events, dir) = runtime.block_on(async {
+        let dir = common::demo_workspace("segment", people).await;
         let ws = Workspace::open(&dir).unwrap();
         if !dir.join("data/traits/_delta_log").is_dir() {
             // Workspaces built before the demo computed traits.
@@ -74,7 +53,7 @@ fn main() {
                 .unwrap();
             duck.insert(info.name.clone(), d.members().to_string());
         }
-        (times, duck, events)
+        (times, duck, events, dir)
     });
     let duck_times = duckdb(&dir, &duck_sql);
 

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 /// Seconds of the best of three runs of a query (warm).
+#[allow(dead_code)]
 pub async fn time_query(ctx: &datafusion::prelude::SessionContext, q: &str) -> f64 {
     let mut best = f64::MAX;
     for _ in 0..3 {
@@ -11,4 +12,34 @@ pub async fn time_query(ctx: &datafusion::prelude::SessionContext, q: &str) -> f
         best = best.min(t.elapsed().as_secs_f64());
     }
     best
+}
+
+/// The demo workspace of `people` people under `TRIBE_BENCH_DIR` (default a folder in the
+/// temp dir named after `bench`), built, resolved and compacted with `tribe maintain` (as a
+/// production workspace would be) when it is not there yet.
+#[allow(dead_code)]
+pub async fn demo_workspace(bench: &str, people: u64) -> std::path::PathBuf {
+    let root = std::env::var("TRIBE_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join(format!("tribe-bench-{bench}")));
+    let dir = root.join(format!("demo-{people}"));
+    if !dir.join("tribe.toml").is_file() {
+        let options = tribe::demo::DemoOptions {
+            people,
+            days: 365,
+            seed: 42,
+            keep_sources: false,
+            resolve: true,
+        };
+        let t = Instant::now();
+        tribe::demo::build(&dir, &options, &indicatif::ProgressBar::hidden())
+            .await
+            .unwrap();
+        eprintln!("built demo of {people} people in {:.0?}", t.elapsed());
+        // Compacted, both engines read one file per day instead of one per ingest and day.
+        let ws = tribe::workspace::Workspace::open(&dir).unwrap();
+        let options = tribe::maintain::MaintainOptions::default();
+        tribe::maintain::maintain(&ws, &options).await.unwrap();
+    }
+    dir
 }

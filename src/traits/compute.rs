@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use xxhash_rust::xxh3::Xxh3Builder;
+
 use arrow::array::{
     ArrayRef, AsArray, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMicrosecondArray,
@@ -43,6 +45,9 @@ pub struct ComputeReport {
     /// Traits not produced, and why.
     pub not_produced: Vec<String>,
     pub seconds: f64,
+    /// Seconds per phase: reading purchases, fitting BG/NBD and Gamma-Gamma, building features,
+    /// training and scoring propensity models, writing the tables.
+    pub phases: Vec<(String, f64)>,
 }
 
 /// A propensity model's headline numbers; `tribe traits report` shows the rest.
@@ -86,6 +91,12 @@ const DAY_US: i64 = 86_400_000_000;
 /// Computes the traits of every buyer as of `as_of` and replaces the `traits` table.
 pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeReport> {
     let started = std::time::Instant::now();
+    let mut phases: Vec<(String, f64)> = Vec::new();
+    let mut lap = std::time::Instant::now();
+    let mut phase = |name: &str| {
+        phases.push((name.to_string(), round3(lap.elapsed().as_secs_f64())));
+        lap = std::time::Instant::now();
+    };
     let cfg = &ws.config.traits;
     let (ctx, tables) = crate::sql::session(ws).await?;
     if !tables.iter().any(|t| t.name == "profile_keys") {
@@ -122,33 +133,42 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
         }
         None => ("TRUE".to_string(), 0),
     };
+    // Grouped by profile here rather than sorted by the engine: a hash map is cheaper than a
+    // sort of every purchase day by profile id.
     let sql = format!(
         "SELECT profile_id, \"day\", \
          coalesce(sum(\"{revenue}\"), 0) AS spend \
-         FROM profile_events WHERE {base} AND {currency_ok} GROUP BY 1, 2 ORDER BY 1, 2"
+         FROM profile_events WHERE {base} AND {currency_ok} GROUP BY 1, 2"
     );
     let batches = ctx.sql(&sql).await?.collect().await?;
-    let mut buyers: Vec<Buyer> = Vec::new();
+    let mut by_profile: HashMap<String, Vec<(i64, f64)>, Xxh3Builder> =
+        HashMap::with_hasher(Xxh3Builder::new());
     for b in &batches {
-        let ids = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
-        let ids = ids.as_string::<i32>();
+        let ids = arrow::compute::cast(b.column(0), &DataType::Utf8View)?;
+        let ids = ids.as_string_view();
         let days = arrow::compute::cast(b.column(1), &DataType::Date32)?;
         let days = days.as_primitive::<Date32Type>();
         let spend = arrow::compute::cast(b.column(2), &DataType::Float64)?;
         let spend = spend.as_primitive::<Float64Type>();
         for i in 0..b.num_rows() {
             // `day` is the UTC day of the event (days since 1970-01-01).
-            let day = i64::from(days.value(i)) * DAY_US;
-            let id = ids.value(i);
-            match buyers.last_mut() {
-                Some(last) if last.profile_id == id => last.days.push((day, spend.value(i))),
-                _ => buyers.push(Buyer {
-                    profile_id: id.to_string(),
-                    days: vec![(day, spend.value(i))],
-                }),
+            let day = (i64::from(days.value(i)) * DAY_US, spend.value(i));
+            match by_profile.get_mut(ids.value(i)) {
+                Some(days) => days.push(day),
+                None => {
+                    by_profile.insert(ids.value(i).to_string(), vec![day]);
+                }
             }
         }
     }
+    let mut buyers: Vec<Buyer> = by_profile
+        .into_iter()
+        .map(|(profile_id, mut days)| {
+            days.sort_by_key(|d| d.0);
+            Buyer { profile_id, days }
+        })
+        .collect();
+    buyers.sort_by(|a, b| a.profile_id.cmp(&b.profile_id));
     let unit_days = if cfg.unit == "weeks" { 7.0 } else { 1.0 };
     let now_us = as_of.timestamp_micros();
     let histories: Vec<History> = buyers
@@ -156,6 +176,7 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
         .map(|b| history(&b.days, now_us, unit_days))
         .collect();
     let mut not_produced = Vec::new();
+    phase("purchases");
     let bgnbd = match btyd::fit_bgnbd(&histories) {
         Ok(m) => Some(m),
         Err(e) => {
@@ -177,6 +198,7 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
             None
         }
     };
+    phase("fits");
     let horizon = cfg.horizon_days as f64 / unit_days;
     let purchases_at = |at: DateTime<Utc>| purchases(&buyers, at, unit_days, horizon, None);
     let mut trained = Vec::new();
@@ -191,20 +213,40 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
             .max()
             .unwrap_or(0);
         let plan = features::plan(&ctx, as_of - chrono::Duration::days(i64::from(longest))).await?;
-        let now = purchases(&buyers, as_of, unit_days, horizon, bgnbd.as_ref());
-        let scoring = features::table(&ctx, &plan, as_of, &now).await?;
+        // Time 0 is the as-of time (scoring); then each model's cutoff (training).
+        let mut times = vec![as_of];
+        let mut purchase_maps = vec![purchases(
+            &buyers,
+            as_of,
+            unit_days,
+            horizon,
+            bgnbd.as_ref(),
+        )];
+        let mut labels = Vec::new();
         for (name, spec) in &cfg.models {
+            let cutoff = as_of - chrono::Duration::days(i64::from(spec.horizon_days));
+            let (event, _) = propensity::target(name, spec, &cfg.purchase_event)?;
+            times.push(cutoff);
+            purchase_maps.push(purchases_at(cutoff));
+            labels.push(features::LabelSpec {
+                event: event.to_string(),
+                from: cutoff,
+            });
+        }
+        let (mut tables, happened) =
+            features::tables(&ctx, &plan, &times, &purchase_maps, &labels).await?;
+        let scoring = tables.remove(0);
+        phase("features");
+        for (k, (name, spec)) in cfg.models.iter().enumerate() {
             let result = propensity::train(
-                &ctx,
                 name,
                 spec,
                 &cfg.purchase_event,
-                &plan,
-                as_of,
-                &purchases_at,
+                times[k + 1],
+                &tables[k],
+                &happened[k],
                 &scoring,
-            )
-            .await;
+            );
             match result {
                 Ok((t, s)) => {
                     scores.push((name.clone(), s.into_iter().map(Some).collect()));
@@ -216,6 +258,7 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
                 }
             }
         }
+        phase("models");
         scoring.ids
     };
     let batch = traits_batch(
@@ -242,6 +285,7 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
             WriteMode::Replace,
         )
         .await?;
+    phase("write");
     Ok(ComputeReport {
         as_of: as_of.to_rfc3339(),
         unit: cfg.unit.clone(),
@@ -264,7 +308,12 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
             .collect(),
         not_produced,
         seconds: started.elapsed().as_secs_f64(),
+        phases,
     })
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
 }
 
 /// Profiles first seen by `at`, in id order.

@@ -4,12 +4,13 @@
 //! training (as of a cutoff) and scoring (as of the as-of time), so a model always sees
 //! features built the same way.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
 use chrono::{DateTime, Utc};
 use datafusion::prelude::SessionContext;
+use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::error::Result;
 
@@ -102,8 +103,8 @@ fn window(at: DateTime<Utc>, days: i64) -> String {
 /// Decides the feature columns from the data before `at` (the training cutoff).
 pub async fn plan(ctx: &SessionContext, at: DateTime<Utc>) -> Result<Plan> {
     let sql = format!(
-        "SELECT coalesce(event, \"type\") AS ev, count(*) AS n FROM profile_events \
-         WHERE profile_id IS NOT NULL AND {} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {TOP_EVENTS}",
+        "SELECT coalesce(event, \"type\") AS ev, count(*) AS n FROM events \
+         WHERE {} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {TOP_EVENTS}",
         window(at, WINDOWS[3])
     );
     let mut events = Vec::new();
@@ -192,206 +193,278 @@ fn recency(days: Option<f64>) -> f64 {
     days.map_or(0.0, |d| 1.0 / (1.0 + d.max(0.0) / 30.0))
 }
 
-/// The features of every profile first seen by `at`. `purchases` gives each buyer's purchase
-/// summary as of `at`.
-pub async fn table(
+/// What one pass over `profile_events` gathers per profile for each time point: the last event,
+/// counts per activity window, and per top event counts over 30 and 90 days and the last one.
+/// Times are kept as seconds after the scan's start (0: none), to keep a million profiles
+/// with several time points in a few hundred megabytes.
+struct Activity {
+    slots_per_time: usize,
+    times: usize,
+    values: Vec<u32>,
+}
+
+impl Activity {
+    fn slots(events: usize) -> usize {
+        1 + WINDOWS.len() + 3 * events
+    }
+}
+
+/// A label to collect in the same pass: profiles with `event` after `from`.
+pub struct LabelSpec {
+    pub event: String,
+    pub from: DateTime<Utc>,
+}
+
+/// Feature tables for every time of `times` (each with its own purchase summaries) and, per
+/// label spec, the profiles that had the event, from one pass over the events in the year
+/// before the earliest time up to the latest, and one read of `profiles`.
+pub async fn tables(
     ctx: &SessionContext,
     plan: &Plan,
-    at: DateTime<Utc>,
-    purchases: &HashMap<String, Purchases>,
-) -> Result<Table> {
-    let mut aggs = vec!["max(\"timestamp\")".to_string()];
-    let window_filter = |days: i64| {
-        let from = at - chrono::Duration::days(days);
-        format!("\"timestamp\" > {}", ts(from))
+    times: &[DateTime<Utc>],
+    purchases: &[HashMap<String, Purchases>],
+    labels: &[LabelSpec],
+) -> Result<(Vec<Table>, Vec<HashSet<String>>)> {
+    use futures::StreamExt;
+    let latest = *times.iter().max().expect("at least one time");
+    let earliest = *times.iter().min().expect("at least one time");
+    let span_days = (latest - earliest).num_days() + WINDOWS[3] + 1;
+    let start_us = (latest - chrono::Duration::days(span_days)).timestamp_micros();
+    // The event's feature slot and the labels are computed by the engine, vectorised, rather
+    // than by comparing strings per row here.
+    let ev = "coalesce(event, \"type\")";
+    let slot = if plan.events.is_empty() {
+        "-1".to_string()
+    } else {
+        let arms: Vec<String> = plan
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("WHEN {} THEN {i}", lit(e)))
+            .collect();
+        format!("CASE {ev} {} ELSE -1 END", arms.join(" "))
     };
-    for w in WINDOWS {
-        aggs.push(format!("count(*) FILTER (WHERE {})", window_filter(w)));
-    }
-    for e in &plan.events {
-        let is = format!("coalesce(event, \"type\") = {}", lit(e));
-        aggs.push(format!(
-            "count(*) FILTER (WHERE {is} AND {})",
-            window_filter(30)
-        ));
-        aggs.push(format!(
-            "count(*) FILTER (WHERE {is} AND {})",
-            window_filter(90)
-        ));
-        aggs.push(format!("max(\"timestamp\") FILTER (WHERE {is})"));
-    }
-    let agg_names: Vec<String> = (0..aggs.len()).map(|i| format!("a{i}")).collect();
-    let aggs: Vec<String> = aggs
-        .iter()
-        .zip(&agg_names)
-        .map(|(a, n)| format!("{a} AS {n}"))
-        .collect();
-    let traits: Vec<String> = plan
-        .numeric
-        .iter()
-        .map(|c| format!("CAST(p.{} AS DOUBLE)", ident(c)))
-        .chain(plan.booleans.iter().map(|c| format!("p.{}", ident(c))))
-        .chain(
-            plan.categorical
-                .iter()
-                .map(|(c, _)| format!("CAST(p.{} AS VARCHAR)", ident(c))),
+    let mut select = vec![
+        "profile_id".to_string(),
+        format!("CAST({slot} AS INT)"),
+        "\"timestamp\"".to_string(),
+    ];
+    select.extend(labels.iter().map(|l| {
+        format!(
+            "coalesce({ev} = {} AND \"timestamp\" > {}, false)",
+            lit(&l.event),
+            ts(l.from)
         )
-        .collect();
-    let mut select = vec!["p.profile_id".to_string(), "p.first_seen".to_string()];
-    select.extend(agg_names.iter().map(|n| format!("e.{n}")));
-    select.extend(traits);
+    }));
     let sql = format!(
-        "SELECT {} FROM profiles p LEFT JOIN (SELECT profile_id, {} FROM profile_events \
-         WHERE profile_id IS NOT NULL AND {} GROUP BY profile_id) e \
-         ON p.profile_id = e.profile_id WHERE p.first_seen <= {} ORDER BY p.profile_id",
+        "SELECT {} FROM profile_events WHERE profile_id IS NOT NULL AND {}",
         select.join(", "),
-        aggs.join(", "),
-        window(at, WINDOWS[3]),
-        ts(at)
+        window(latest, span_days)
     );
-    let batches = ctx.sql(&sql).await?.collect().await?;
-    let names = plan.names();
-    let mut out = Table {
-        names,
-        ids: Vec::new(),
+    let slots = Activity::slots(plan.events.len());
+    let mut activity = Activity {
+        slots_per_time: slots,
+        times: times.len(),
         values: Vec::new(),
     };
-    let at_us = at.timestamp_micros();
-    for b in &batches {
-        append_rows(&mut out, plan, b, at_us, purchases)?;
-    }
-    Ok(out)
-}
-
-fn append_rows(
-    out: &mut Table,
-    plan: &Plan,
-    b: &RecordBatch,
-    at_us: i64,
-    purchases: &HashMap<String, Purchases>,
-) -> Result<()> {
-    let ids = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
-    let ids = ids.as_string::<i32>();
-    // Timestamps as microseconds, counts and traits as f64.
-    let micros = |i: usize| -> Result<arrow::array::ArrayRef> {
-        Ok(arrow::compute::cast(b.column(i), &DataType::Int64)?)
-    };
-    let number = |i: usize| -> Result<arrow::array::ArrayRef> {
-        Ok(arrow::compute::cast(b.column(i), &DataType::Float64)?)
-    };
-    let first_seen = micros(1)?;
-    let first_seen = first_seen.as_primitive::<Int64Type>();
-    let mut col = 2;
-    let last_ts = micros(col)?;
-    col += 1;
-    let windows: Vec<_> = (0..WINDOWS.len())
-        .map(|k| number(col + k))
-        .collect::<Result<_>>()?;
-    col += WINDOWS.len();
-    let mut per_event = Vec::new();
-    for _ in &plan.events {
-        per_event.push((number(col)?, number(col + 1)?, micros(col + 2)?));
-        col += 3;
-    }
-    let numeric: Vec<_> = (0..plan.numeric.len())
-        .map(|k| number(col + k))
-        .collect::<Result<_>>()?;
-    col += plan.numeric.len();
-    let booleans: Vec<_> = (0..plan.booleans.len())
-        .map(|k| b.column(col + k).clone())
-        .collect();
-    col += plan.booleans.len();
-    let categorical: Vec<_> = (0..plan.categorical.len())
-        .map(|k| arrow::compute::cast(b.column(col + k), &DataType::Utf8))
-        .collect::<std::result::Result<_, _>>()?;
-    let days_since = |a: &dyn Array, i: usize| -> Option<f64> {
-        let a = a.as_primitive::<Int64Type>();
-        a.is_valid(i)
-            .then(|| (at_us - a.value(i)) as f64 / DAY_US as f64)
-    };
-    let count = |a: &dyn Array, i: usize| -> f64 {
-        let a = a.as_primitive::<Float64Type>();
-        if a.is_valid(i) { a.value(i) } else { 0.0 }
-    };
-    for i in 0..b.num_rows() {
-        let id = ids.value(i);
-        out.ids.push(id.to_string());
-        let v = &mut out.values;
-        let tenure = if first_seen.is_valid(i) {
-            ((at_us - first_seen.value(i)) as f64 / DAY_US as f64).max(0.0)
-        } else {
-            0.0
-        };
-        v.push(tenure.ln_1p());
-        v.push(recency(days_since(&last_ts, i)));
-        for w in &windows {
-            v.push(count(w, i).ln_1p());
-        }
-        for (c30, c90, last) in &per_event {
-            v.push(count(c30, i).ln_1p());
-            v.push(count(c90, i).ln_1p());
-            v.push(recency(days_since(last, i)));
-        }
-        match purchases.get(id) {
-            Some(p) => v.extend([
-                1.0,
-                p.transactions.ln_1p(),
-                p.monetary.max(0.0).ln_1p(),
-                recency(Some(p.recency_days)),
-                p.p_alive.unwrap_or(0.0),
-                p.expected.unwrap_or(0.0).max(0.0).ln_1p(),
-            ]),
-            None => v.extend([0.0; 6]),
-        }
-        for a in &numeric {
-            let a = a.as_primitive::<Float64Type>();
-            let ok = a.is_valid(i) && a.value(i).is_finite();
-            v.push(if ok { a.value(i) } else { 0.0 });
-            v.push(if ok { 0.0 } else { 1.0 });
-        }
-        for a in &booleans {
-            let a = a.as_boolean();
-            v.push(if a.is_valid(i) && a.value(i) {
-                1.0
-            } else {
-                0.0
-            });
-            v.push(if a.is_valid(i) { 0.0 } else { 1.0 });
-        }
-        for (a, (_, values)) in categorical.iter().zip(&plan.categorical) {
-            let a = a.as_string::<i32>();
-            let value = a.is_valid(i).then(|| a.value(i));
-            let mut matched = false;
-            for known in values {
-                let hit = value == Some(known.as_str());
-                matched |= hit;
-                v.push(if hit { 1.0 } else { 0.0 });
+    let mut profiles: HashMap<String, u32, Xxh3Builder> = HashMap::with_hasher(Xxh3Builder::new());
+    let mut happened: Vec<HashSet<u32>> = labels.iter().map(|_| HashSet::new()).collect();
+    let time_us: Vec<i64> = times.iter().map(|t| t.timestamp_micros()).collect();
+    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        let b = batch?;
+        let ids = arrow::compute::cast(b.column(0), &DataType::Utf8View)?;
+        let ids = ids.as_string_view();
+        let slots_of = b.column(1).as_primitive::<Int32Type>();
+        let stamps = arrow::compute::cast(b.column(2), &DataType::Int64)?;
+        let stamps = stamps.as_primitive::<Int64Type>();
+        let flags: Vec<_> = (0..labels.len())
+            .map(|k| b.column(3 + k).as_boolean())
+            .collect();
+        for i in 0..b.num_rows() {
+            let id = ids.value(i);
+            let p = match profiles.get(id) {
+                Some(p) => *p,
+                None => {
+                    let p = profiles.len() as u32;
+                    profiles.insert(id.to_string(), p);
+                    activity
+                        .values
+                        .resize(activity.values.len() + slots * times.len(), 0);
+                    p
+                }
+            };
+            let t = stamps.value(i);
+            for (k, f) in flags.iter().enumerate() {
+                if f.value(i) {
+                    happened[k].insert(p);
+                }
             }
-            v.push(if matched { 0.0 } else { 1.0 });
+            let e = usize::try_from(slots_of.value(i)).ok();
+            let secs = ((t - start_us) / 1_000_000).max(1) as u32;
+            for (j, &at) in time_us.iter().enumerate() {
+                if t > at {
+                    continue;
+                }
+                let base = (p as usize * activity.times + j) * activity.slots_per_time;
+                let v = &mut activity.values[base..base + activity.slots_per_time];
+                v[0] = v[0].max(secs);
+                for (w, days) in WINDOWS.iter().enumerate() {
+                    if t > at - days * DAY_US {
+                        v[1 + w] += 1;
+                    }
+                }
+                if let Some(e) = e {
+                    let o = 1 + WINDOWS.len() + 3 * e;
+                    v[o] += u32::from(t > at - 30 * DAY_US);
+                    v[o + 1] += u32::from(t > at - 90 * DAY_US);
+                    v[o + 2] = v[o + 2].max(secs);
+                }
+            }
         }
     }
-    Ok(())
+    let people = profile_rows(ctx, plan).await?;
+    let mut out = Vec::with_capacity(times.len());
+    for (j, at) in times.iter().enumerate() {
+        let mut table = Table {
+            names: plan.names(),
+            ids: Vec::new(),
+            values: Vec::new(),
+        };
+        let at_us = at.timestamp_micros();
+        // Seconds after the scan's start to days before `at`; 0 is "never".
+        let days_before = |secs: u32| {
+            (secs > 0)
+                .then(|| (at_us - start_us - i64::from(secs) * 1_000_000) as f64 / DAY_US as f64)
+        };
+        for person in people
+            .iter()
+            .filter(|p| p.first_seen.is_some_and(|f| f <= at_us))
+        {
+            table.ids.push(person.id.clone());
+            let v = &mut table.values;
+            let tenure = (at_us - person.first_seen.unwrap_or(at_us)) as f64 / DAY_US as f64;
+            v.push(tenure.max(0.0).ln_1p());
+            match profiles.get(&person.id) {
+                Some(&p) => {
+                    let base = (p as usize * activity.times + j) * slots;
+                    let a = &activity.values[base..base + slots];
+                    v.push(recency(days_before(a[0])));
+                    v.extend(a[1..=WINDOWS.len()].iter().map(|c| f64::from(*c).ln_1p()));
+                    for e in 0..plan.events.len() {
+                        let o = 1 + WINDOWS.len() + 3 * e;
+                        v.push(f64::from(a[o]).ln_1p());
+                        v.push(f64::from(a[o + 1]).ln_1p());
+                        v.push(recency(days_before(a[o + 2])));
+                    }
+                }
+                None => v.extend(std::iter::repeat_n(0.0, slots)),
+            }
+            match purchases[j].get(&person.id) {
+                Some(p) => v.extend([
+                    1.0,
+                    p.transactions.ln_1p(),
+                    p.monetary.max(0.0).ln_1p(),
+                    recency(Some(p.recency_days)),
+                    p.p_alive.unwrap_or(0.0),
+                    p.expected.unwrap_or(0.0).max(0.0).ln_1p(),
+                ]),
+                None => v.extend([0.0; 6]),
+            }
+            v.extend_from_slice(&person.traits);
+        }
+        out.push(table);
+    }
+    let ids: Vec<&String> = {
+        let mut by_index = vec![None; profiles.len()];
+        for (id, p) in &profiles {
+            by_index[*p as usize] = Some(id);
+        }
+        by_index.into_iter().map(|v| v.expect("dense")).collect()
+    };
+    let happened = happened
+        .into_iter()
+        .map(|set| set.into_iter().map(|p| ids[p as usize].clone()).collect())
+        .collect();
+    Ok((out, happened))
 }
 
-/// Profiles with `event` in `(from, to]`.
-pub async fn occurred(
-    ctx: &SessionContext,
-    event: &str,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<std::collections::HashSet<String>> {
-    let days = (to - from).num_days() + 1;
-    let sql = format!(
-        "SELECT DISTINCT profile_id FROM profile_events WHERE profile_id IS NOT NULL \
-         AND coalesce(event, \"type\") = {} AND {} AND \"timestamp\" > {}",
-        lit(event),
-        window(to, days),
-        ts(from)
+/// A profile's first sighting and its trait features, in the plan's order.
+struct Person {
+    id: String,
+    first_seen: Option<i64>,
+    traits: Vec<f64>,
+}
+
+async fn profile_rows(ctx: &SessionContext, plan: &Plan) -> Result<Vec<Person>> {
+    let mut select = vec!["profile_id".to_string(), "first_seen".to_string()];
+    select.extend(
+        plan.numeric
+            .iter()
+            .map(|c| format!("CAST({} AS DOUBLE)", ident(c))),
     );
-    let mut out = std::collections::HashSet::new();
+    select.extend(plan.booleans.iter().map(|c| ident(c)));
+    select.extend(
+        plan.categorical
+            .iter()
+            .map(|(c, _)| format!("CAST({} AS VARCHAR)", ident(c))),
+    );
+    let sql = format!(
+        "SELECT {} FROM profiles ORDER BY profile_id",
+        select.join(", ")
+    );
+    let mut people = Vec::new();
     for b in ctx.sql(&sql).await?.collect().await? {
         let ids = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
-        out.extend(ids.as_string::<i32>().iter().flatten().map(String::from));
+        let ids = ids.as_string::<i32>();
+        let first = arrow::compute::cast(b.column(1), &DataType::Int64)?;
+        let first = first.as_primitive::<Int64Type>();
+        let mut col = 2;
+        let numeric: Vec<_> = (0..plan.numeric.len())
+            .map(|k| arrow::compute::cast(b.column(col + k), &DataType::Float64))
+            .collect::<std::result::Result<_, _>>()?;
+        col += plan.numeric.len();
+        let booleans: Vec<_> = (0..plan.booleans.len())
+            .map(|k| b.column(col + k).clone())
+            .collect();
+        col += plan.booleans.len();
+        let categorical: Vec<_> = (0..plan.categorical.len())
+            .map(|k| arrow::compute::cast(b.column(col + k), &DataType::Utf8))
+            .collect::<std::result::Result<_, _>>()?;
+        for i in 0..b.num_rows() {
+            let mut v = Vec::new();
+            for a in &numeric {
+                let a = a.as_primitive::<Float64Type>();
+                let ok = a.is_valid(i) && a.value(i).is_finite();
+                v.push(if ok { a.value(i) } else { 0.0 });
+                v.push(if ok { 0.0 } else { 1.0 });
+            }
+            for a in &booleans {
+                let a = a.as_boolean();
+                v.push(if a.is_valid(i) && a.value(i) {
+                    1.0
+                } else {
+                    0.0
+                });
+                v.push(if a.is_valid(i) { 0.0 } else { 1.0 });
+            }
+            for (a, (_, values)) in categorical.iter().zip(&plan.categorical) {
+                let a = a.as_string::<i32>();
+                let value = a.is_valid(i).then(|| a.value(i));
+                let mut matched = false;
+                for known in values {
+                    let hit = value == Some(known.as_str());
+                    matched |= hit;
+                    v.push(if hit { 1.0 } else { 0.0 });
+                }
+                v.push(if matched { 0.0 } else { 1.0 });
+            }
+            people.push(Person {
+                id: ids.value(i).to_string(),
+                first_seen: first.is_valid(i).then(|| first.value(i)),
+                traits: v,
+            });
+        }
     }
-    Ok(out)
+    Ok(people)
 }

@@ -46,6 +46,11 @@ pub fn fit(what: &str, model: &dyn Likelihood, start: &[f64]) -> Result<(Vec<f64
 pub trait Cost: Sync {
     /// The value at `x` and, into `grad`, its gradient.
     fn cost_grad(&self, x: &[f64], grad: &mut [f64]) -> f64;
+    /// Whether a best-so-far point shows the minimisation running off to infinity, so that
+    /// going on is pointless.
+    fn diverged(&self, _x: &[f64]) -> bool {
+        false
+    }
 }
 
 /// The best point an L-BFGS run saw.
@@ -69,11 +74,11 @@ struct Problem<'a> {
 type Evaluated = (Vec<f64>, f64, Vec<f64>);
 
 impl Problem<'_> {
-    fn eval(&self, x: &[f64]) -> (f64, Vec<f64>) {
+    fn eval(&self, x: &[f64]) -> std::result::Result<(f64, Vec<f64>), argmin::core::Error> {
         if let Some((at, cost, grad)) = self.last.lock().expect("not poisoned").as_ref()
             && at == x
         {
-            return (*cost, grad.clone());
+            return Ok((*cost, grad.clone()));
         }
         let mut grad = vec![0.0; x.len()];
         let mut cost = self.cost.cost_grad(x, &mut grad);
@@ -90,9 +95,12 @@ impl Problem<'_> {
                 cost,
                 grad_norm: grad.iter().map(|g| g * g).sum::<f64>().sqrt(),
             });
+            if self.cost.diverged(x) {
+                return Err(argmin::core::Error::msg("diverged"));
+            }
         }
         *self.last.lock().expect("not poisoned") = Some((x.to_vec(), cost, grad.clone()));
-        (cost, grad)
+        Ok((cost, grad))
     }
 }
 
@@ -100,7 +108,7 @@ impl CostFunction for Problem<'_> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, p: &Vec<f64>) -> std::result::Result<f64, argmin::core::Error> {
-        Ok(self.eval(p).0)
+        Ok(self.eval(p)?.0)
     }
 }
 
@@ -108,7 +116,7 @@ impl Gradient for Problem<'_> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, p: &Vec<f64>) -> std::result::Result<Vec<f64>, argmin::core::Error> {
-        Ok(self.eval(p).1)
+        Ok(self.eval(p)?.1)
     }
 }
 
@@ -129,12 +137,13 @@ pub fn minimise(
         last: Mutex::new(None),
         best: &best,
     };
-    // No cost tolerance: on a likelihood without a finite maximum the cost flattens long
-    // before the gradient vanishes, and stopping there would report a diverging fit as found.
+    // The cost tolerance ends runs whose gradient cannot get below `tol_grad` for rounding
+    // (sums over a million terms); callers judge the result by its gradient norm, so a
+    // likelihood that merely flattens towards infinity is not mistaken for a maximum.
     let solver = LBFGS::new(MoreThuenteLineSearch::new(), 7)
         .with_tolerance_grad(tol_grad)
         .map_err(fail)?
-        .with_tolerance_cost(0.0)
+        .with_tolerance_cost(1e-13)
         .map_err(fail)?;
     let run_error = Executor::new(problem, solver)
         .configure(|state| state.param(x0).max_iters(max_iters))
@@ -175,6 +184,10 @@ impl Cost for LogParams<'_> {
         }
         -ll
     }
+
+    fn diverged(&self, log_p: &[f64]) -> bool {
+        log_p.iter().any(|v| v.abs() > DIVERGED)
+    }
 }
 
 fn maximise(what: &str, model: &dyn Likelihood, start: &[f64], penalty: f64) -> Result<Vec<f64>> {
@@ -182,7 +195,7 @@ fn maximise(what: &str, model: &dyn Likelihood, start: &[f64], penalty: f64) -> 
     // where it is still this large is not one.
     const GRAD_OK: f64 = 1e-6;
     let x0: Vec<f64> = start.iter().map(|p| p.ln()).collect();
-    let best = minimise(what, &LogParams { model, penalty }, x0, 1e-10, 500)?;
+    let best = minimise(what, &LogParams { model, penalty }, x0, 1e-8, 500)?;
     // A parameter running off towards infinity means the likelihood has no finite maximum.
     if best.grad_norm > GRAD_OK || best.x.iter().any(|p| p.abs() > DIVERGED) {
         return Err(Error::Input(format!(

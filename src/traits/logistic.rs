@@ -166,7 +166,7 @@ impl Logistic {
         let rate = positives as f64 / n as f64;
         let mut start = vec![0.0; d + 1];
         start[0] = (rate / (1.0 - rate)).ln();
-        let best = minimise("logistic regression", &loss, start, 1e-8, 1_000)?;
+        let best = minimise("logistic regression", &loss, start, 1e-6, 500)?;
         if best.grad_norm > 1e-4 {
             return Err(Error::Input(format!(
                 "logistic regression did not converge (gradient norm {:.2e})",

@@ -4,20 +4,19 @@
 //! from the window after it. 20% of the profiles (by a hash of the id, so the split is stable
 //! across runs) are held out for the metrics; scoring uses features as of the as-of time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
 use crate::config::PropensityModel;
 use crate::error::{Error, Result};
-use crate::traits::features::{self, Plan, Purchases, Table};
+use crate::traits::features::Table;
 use crate::traits::logistic::{Logistic, Matrix, Metrics, evaluate};
 
 /// Training rows beyond this are sampled (by id hash): a linear model with a hundred features
 /// learns nothing more from millions of rows, and training time stays bounded.
-pub const MAX_TRAINING_ROWS: usize = 300_000;
+pub const MAX_TRAINING_ROWS: usize = 100_000;
 
 /// A trained model with what it was trained on and how well it did on the held-out profiles.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,33 +32,34 @@ pub struct Trained {
     pub model: Logistic,
 }
 
-/// Trains model `name` and scores the `scoring` table with it.
-#[allow(clippy::too_many_arguments)]
-pub async fn train(
-    ctx: &SessionContext,
+/// The event and direction a model predicts, checked.
+pub fn target<'a>(
+    name: &str,
+    spec: &'a PropensityModel,
+    default_event: &'a str,
+) -> Result<(&'a str, bool)> {
+    let event = spec.event.as_deref().unwrap_or(default_event);
+    match spec.predict.as_str() {
+        "occurs" => Ok((event, false)),
+        "absent" => Ok((event, true)),
+        other => Err(Error::Input(format!(
+            "[traits.models.{name}] predict = {other:?}: expected \"occurs\" or \"absent\""
+        ))),
+    }
+}
+
+/// Trains model `name` on `train_table` (features as of `cutoff`) with labels from
+/// `happened` (the profiles that had the event after the cutoff), and scores `scoring`.
+pub fn train(
     name: &str,
     spec: &PropensityModel,
     default_event: &str,
-    plan: &Plan,
-    as_of: DateTime<Utc>,
-    purchases_at: &dyn Fn(DateTime<Utc>) -> HashMap<String, Purchases>,
+    cutoff: DateTime<Utc>,
+    train_table: &Table,
+    happened: &HashSet<String>,
     scoring: &Table,
 ) -> Result<(Trained, Vec<f64>)> {
-    let event = spec
-        .event
-        .clone()
-        .unwrap_or_else(|| default_event.to_string());
-    let absent = match spec.predict.as_str() {
-        "occurs" => false,
-        "absent" => true,
-        other => {
-            return Err(Error::Input(format!(
-                "[traits.models.{name}] predict = {other:?}: expected \"occurs\" or \"absent\""
-            )));
-        }
-    };
-    let cutoff = as_of - chrono::Duration::days(i64::from(spec.horizon_days));
-    let train_table = features::table(ctx, plan, cutoff, &purchases_at(cutoff)).await?;
+    let (event, absent) = target(name, spec, default_event)?;
     if train_table.ids.is_empty() {
         return Err(Error::Input(format!(
             "no profile was seen by the training cutoff {} (as-of minus {} days)",
@@ -67,7 +67,6 @@ pub async fn train(
             spec.horizon_days
         )));
     }
-    let happened: HashSet<String> = features::occurred(ctx, &event, cutoff, as_of).await?;
     let d = train_table.names.len();
     let label = |id: &str| happened.contains(id) != absent;
     let sample = train_table
@@ -108,7 +107,7 @@ pub async fn train(
     let scores = scoring.values.chunks(d).map(|r| model.predict(r)).collect();
     let trained = Trained {
         name: name.to_string(),
-        event,
+        event: event.to_string(),
         predict: spec.predict.clone(),
         horizon_days: spec.horizon_days,
         cutoff: cutoff.to_rfc3339(),
