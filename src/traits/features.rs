@@ -267,7 +267,7 @@ pub async fn tables(
         times: times.len(),
         values: Vec::new(),
     };
-    let mut profiles: HashMap<String, u32, Xxh3Builder> = HashMap::with_hasher(Xxh3Builder::new());
+    let mut profiles = ProfileIndex::default();
     let mut happened: Vec<HashSet<u32>> = labels.iter().map(|_| HashSet::new()).collect();
     let time_us: Vec<i64> = times.iter().map(|t| t.timestamp_micros()).collect();
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
@@ -284,14 +284,12 @@ pub async fn tables(
         for i in 0..b.num_rows() {
             let id = ids.value(i);
             let p = match profiles.get(id) {
-                Some(p) => *p,
+                Some(p) => p,
                 None => {
-                    let p = profiles.len() as u32;
-                    profiles.insert(id.to_string(), p);
                     activity
                         .values
                         .resize(activity.values.len() + slots * times.len(), 0);
-                    p
+                    profiles.insert(id)
                 }
             };
             let t = stamps.value(i);
@@ -346,7 +344,7 @@ pub async fn tables(
             let tenure = (at_us - person.first_seen.unwrap_or(at_us)) as f64 / DAY_US as f64;
             v.push(tenure.max(0.0).ln_1p());
             match profiles.get(&person.id) {
-                Some(&p) => {
+                Some(p) => {
                     let base = (p as usize * activity.times + j) * slots;
                     let a = &activity.values[base..base + slots];
                     v.push(recency(days_before(a[0])));
@@ -375,18 +373,52 @@ pub async fn tables(
         }
         out.push(table);
     }
-    let ids: Vec<&String> = {
-        let mut by_index = vec![None; profiles.len()];
-        for (id, p) in &profiles {
-            by_index[*p as usize] = Some(id);
-        }
-        by_index.into_iter().map(|v| v.expect("dense")).collect()
-    };
     let happened = happened
         .into_iter()
-        .map(|set| set.into_iter().map(|p| ids[p as usize].clone()).collect())
+        .map(|set| {
+            set.into_iter()
+                .map(|p| profiles.ids[p as usize].clone())
+                .collect()
+        })
         .collect();
     Ok((out, happened))
+}
+
+/// Dense indexes of profile ids. tribe's ids (`p_` and 16 hex digits) are looked up as the
+/// number they spell, which spares hashing and comparing strings for every event; other ids
+/// (from older workspaces) by their text.
+#[derive(Default)]
+struct ProfileIndex {
+    numeric: HashMap<u64, u32, Xxh3Builder>,
+    text: HashMap<String, u32, Xxh3Builder>,
+    ids: Vec<String>,
+}
+
+impl ProfileIndex {
+    fn number(id: &str) -> Option<u64> {
+        let hex = id.strip_prefix("p_")?;
+        if hex.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok()
+    }
+
+    fn get(&self, id: &str) -> Option<u32> {
+        match Self::number(id) {
+            Some(n) => self.numeric.get(&n).copied(),
+            None => self.text.get(id).copied(),
+        }
+    }
+
+    fn insert(&mut self, id: &str) -> u32 {
+        let p = self.ids.len() as u32;
+        match Self::number(id) {
+            Some(n) => self.numeric.insert(n, p),
+            None => self.text.insert(id.to_string(), p),
+        };
+        self.ids.push(id.to_string());
+        p
+    }
 }
 
 /// A profile's first sighting and its trait features, in the plan's order.
