@@ -431,12 +431,11 @@ impl Config {
             )));
         }
         for (name, model) in &self.traits.models {
-            if !is_identifier(name)
-                || crate::traits::compute::BUILT_IN_COLUMNS.contains(&name.as_str())
-            {
+            let built_in = crate::traits::compute::built_in_columns();
+            if !is_identifier(name) || built_in.contains(name) {
                 return Err(bad(format!(
                     "[traits.models.{name}]: model names are letters, digits and _, and not one of the built-in traits ({})",
-                    crate::traits::compute::BUILT_IN_COLUMNS.join(", ")
+                    built_in.join(", ")
                 )));
             }
             if model.predict != "occurs" && model.predict != "absent" {

@@ -211,34 +211,28 @@ fn traits_compute_writes_rfm_and_clv_usable_in_sql_and_segments() {
          segment likely_buyers = purchase_propensity_30d > 0.5\n",
     )
     .unwrap();
-    let n: i64 = ok(tribe(&ws).args([
-        "segment",
-        "run",
-        "valuable",
-        "--as-of",
-        "2026-07-01",
-        "--count",
-    ]))
-    .trim()
-    .parse()
-    .unwrap();
+    // Members of a segment over traits are the profiles the same condition selects in SQL.
+    let members = |segment: &str| -> i64 {
+        ok(tribe(&ws).args([
+            "segment",
+            "run",
+            segment,
+            "--as-of",
+            "2026-07-01",
+            "--count",
+        ]))
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let n = members("valuable");
     let expected = common::sql_count(
         &ws,
         "select count(*) from traits where clv > 300 and rfm_segment <> 'hibernating'",
     );
     assert_eq!(n, expected);
     assert!(n > 0);
-    let n: i64 = ok(tribe(&ws).args([
-        "segment",
-        "run",
-        "likely_buyers",
-        "--as-of",
-        "2026-07-01",
-        "--count",
-    ]))
-    .trim()
-    .parse()
-    .unwrap();
+    let n = members("likely_buyers");
     let expected = common::sql_count(
         &ws,
         "select count(*) from traits where purchase_propensity_30d > 0.5",

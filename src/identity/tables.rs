@@ -154,7 +154,7 @@ pub fn rows(spec: &TableSpec, arrays: Vec<ArrayRef>) -> Result<RecordBatch> {
 }
 
 /// Columns every profile has, before consent and trait columns.
-const FIXED: &[&str] = &[
+pub const FIXED: &[&str] = &[
     "profile_id",
     "is_known",
     "user_id",

@@ -61,24 +61,14 @@ pub struct ModelSummary {
 }
 
 /// Columns of `traits` that are not propensity models (model names must differ).
-pub const BUILT_IN_COLUMNS: &[&str] = &[
-    "profile_id",
-    "as_of",
-    "computed_at",
-    "recency_days",
-    "frequency",
-    "monetary",
-    "rfm_recency",
-    "rfm_frequency",
-    "rfm_monetary",
-    "rfm_score",
-    "rfm_segment",
-    "repeat_purchases",
-    "p_alive",
-    "expected_purchases",
-    "expected_spend",
-    "clv",
-];
+pub fn built_in_columns() -> Vec<String> {
+    traits_spec(&[])
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
 
 /// One buyer's transactions: (UTC day start, spend), in day order.
 struct Buyer {

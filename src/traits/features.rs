@@ -24,21 +24,9 @@ const TOP_CATEGORIES: usize = 10;
 /// Activity windows, in days; event features look back over the longest.
 const WINDOWS: [i64; 4] = [7, 30, 90, 365];
 
-/// Columns of `profiles` that describe identity resolution rather than the person, or that
-/// are counted up to now and would leak the future into a model trained on the past.
-const SYSTEM_COLUMNS: &[&str] = &[
-    "profile_id",
-    "is_known",
-    "user_id",
-    "email",
-    "phone",
-    "identifiers",
-    "first_seen",
-    "last_seen",
-    "events",
-    "sources",
-    "traits",
-];
+// The columns every profile has describe identity resolution rather than the person, or are
+// counted up to now and would leak the future into a model trained on the past.
+use crate::identity::tables::FIXED as SYSTEM_COLUMNS;
 
 /// What the feature columns are, decided once per computation from the data.
 #[derive(Debug, Clone)]
