@@ -289,3 +289,27 @@ fn cdnow_repurchase_propensity_reaches_the_published_auc() {
     assert!(auc >= 0.77, "AUC {auc} below the published 0.77: {model}");
     eprintln!("CDNOW holdout: {model}");
 }
+
+#[test]
+fn bad_model_declarations_are_config_errors() {
+    for (model, want) in [
+        (
+            "[traits.models.clv]\nhorizon_days = 30\n",
+            "[traits.models.clv]: model names are letters, digits and _, and not one of the built-in traits",
+        ),
+        (
+            "[traits.models.churn]\nhorizon_days = 30\npredict = \"maybe\"\n",
+            "[traits.models.churn] predict: \"maybe\" is not \"occurs\" or \"absent\"",
+        ),
+        (
+            "[traits.models.churn]\nhorizon_days = 0\n",
+            "[traits.models.churn] horizon_days: must be at least 1",
+        ),
+    ] {
+        let dir = common::workspace(common::Backend::Local, model);
+        let out = run(tribe(dir.path()).args(["traits", "compute"]));
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("tribe.toml") && err.contains(want), "{err}");
+    }
+}
