@@ -32,6 +32,10 @@ fn main() {
     let as_of = parse_as_of(Some(tribe::demo::AS_OF)).unwrap();
     let (tribe_times, duck_sql, events, dir) = runtime.block_on(async {
         let dir = common::demo_workspace("segment", people).await;
+        // The repository's examples, as they are now (a kept workspace has older copies).
+        for (name, text) in tribe::demo::EXAMPLE_SEGMENTS {
+            std::fs::write(dir.join("queries").join(name), text).unwrap();
+        }
         let ws = Workspace::open(&dir).unwrap();
         if !dir.join("data/traits/_delta_log").is_dir() {
             // Workspaces built before the demo computed traits.
