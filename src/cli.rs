@@ -112,7 +112,7 @@ enum Command {
     /// Segments: list, check, run, compile, explain, and why a profile is a member.
     #[command(subcommand)]
     Segment(crate::cli_segment::SegmentCommand),
-    /// Computed traits: purchase models (BG/NBD, Gamma-Gamma).
+    /// Computed traits: RFM, purchase models (BG/NBD, Gamma-Gamma), propensity scores.
     #[command(subcommand)]
     Traits(crate::cli_traits::TraitsCommand),
     /// List the tables of the workspace with their versions and file counts.
@@ -499,7 +499,7 @@ fn print_demo(r: &tribe::demo::DemoReport, out: &mut dyn Write) -> std::io::Resu
     if let Some(b) = r.buyers {
         writeln!(
             out,
-            "  traits     : computed for {b} buyers (RFM, p_alive, CLV)"
+            "  traits     : computed for {b} buyers (RFM, p_alive, CLV) and churn and purchase propensity for every profile"
         )?;
     }
     writeln!(out, "\ntry:")?;
@@ -509,6 +509,13 @@ fn print_demo(r: &tribe::demo::DemoReport, out: &mut dyn Write) -> std::io::Resu
     }
     let as_of = &tribe::demo::AS_OF[..10];
     writeln!(out, "  tribe segment list")?;
+    if r.buyers.is_some() {
+        writeln!(out, "  tribe traits report")?;
+        writeln!(
+            out,
+            "  tribe sql \"select profile_id, round(clv, 2) as clv, round(p_alive, 3) as p_alive, round(churn_propensity, 3) as churn from traits order by clv desc nulls last limit 10\""
+        )?;
+    }
     writeln!(
         out,
         "  tribe segment run lapsed_loyalists --as-of {as_of} --count"
