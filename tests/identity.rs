@@ -197,7 +197,32 @@ fn incremental_runs_equal_a_full_run() {
     assert_eq!(sql(&inc, profiles), inc_profiles);
     assert_eq!(sql(&inc, keys), inc_keys);
 
+    // New data compacted together with old before the next run, the superseded files
+    // vacuumed: the run cannot read the new data on its own, and must still see all of it.
+    let more = (0..5)
+        .map(|i| {
+            identify(
+                &format!("late{i}"),
+                Some(&format!("late-user-{i}")),
+                Some(&format!("late-anon-{i}")),
+                "2026-06-01T10:00:00Z",
+                "{}",
+            )
+        })
+        .collect::<Vec<_>>();
+    ingest(&inc, "late.jsonl", &more);
+    ok(tribe(&inc).args(["maintain", "--retention-hours", "0"]));
+    json(&inc, &["resolve"]);
+    assert_eq!(
+        sql(
+            &inc,
+            "select count(*) from identities where id_value like 'late-user-%'"
+        ),
+        ["5"]
+    );
+
     // A fresh workspace with all the data at once groups the identifiers the same way.
+    ok(tribe(&demo).args(["ingest", "events", &path(&inc.join("late.jsonl"))]));
     let groups = "select string_agg(id_type || ':' || id_value, ' ' order by id_type, id_value) as g \
                   from identities group by profile_id order by g";
     json(&demo, &["resolve"]);

@@ -130,7 +130,9 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             match crate::storage::added_since(table, last.get(name).copied().unwrap_or(-1)).await? {
                 Some(adds) => new_files.push(Some(adds)),
                 None => {
-                    full_because = Some(format!("data was deleted from {name} since the last run"));
+                    full_because = Some(format!(
+                        "data was deleted from {name}, or new files compacted, since the last run"
+                    ));
                     break;
                 }
             }

@@ -360,8 +360,9 @@ pub fn table_schema(table: &DeltaTable) -> Result<SchemaRef> {
     Ok(snapshot.snapshot().arrow_schema())
 }
 
-/// Files added with new data since `since`; `None` when data was removed (then everything is
-/// read again). Compaction rewrites files without changing data and is skipped.
+/// Files added with new data since `since`; `None` when they cannot be read on their own (then
+/// everything is read again): data was removed, or a compaction rewrote one of the new files
+/// together with older data. A compaction of older files only changes no data and is skipped.
 pub async fn added_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Add>>> {
     let name = table_name(table);
     let current = table.version().map_or(-1, |v| v as i64);
@@ -381,6 +382,7 @@ pub async fn added_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Ad
             match action {
                 Action::Add(add) if add.data_change => adds.push(add),
                 Action::Remove(r) if r.data_change => return Ok(None),
+                Action::Remove(r) if adds.iter().any(|a| a.path == r.path) => return Ok(None),
                 _ => {}
             }
         }
