@@ -313,3 +313,45 @@ fn bad_model_declarations_are_config_errors() {
         assert!(err.contains("tribe.toml") && err.contains(want), "{err}");
     }
 }
+
+#[test]
+fn purchases_in_other_currencies_are_skipped_and_counted() {
+    let dir = common::workspace(common::Backend::Local, "[traits]\ncurrency = \"EUR\"\n");
+    let order = |id: &str, user: &str, day: &str, value: f64, currency: &str| {
+        common::track(
+            id,
+            user,
+            "Order Completed",
+            &format!("{day}T10:00:00Z"),
+            &format!("{{\"revenue\":{value},\"currency\":\"{currency}\"}}"),
+        )
+    };
+    let lines = [
+        order("o1", "ana", "2026-05-01", 10.0, "EUR"),
+        order("o2", "ana", "2026-05-20", 30.0, "EUR"),
+        order("o3", "ana", "2026-05-20", 99.0, "USD"),
+        order("o4", "bo", "2026-05-03", 5.0, "EUR"),
+        order("o5", "cy", "2026-05-04", 7.0, "USD"),
+    ];
+    let file = common::write(dir.path(), "orders.jsonl", &(lines.join("\n") + "\n"));
+    ok(tribe(dir.path()).args(["ingest", "events", file.to_str().unwrap()]));
+    ok(tribe(dir.path()).args(["resolve"]));
+    let out = ok(tribe(dir.path()).args([
+        "traits",
+        "compute",
+        "--as-of",
+        "2026-06-01",
+        "--format",
+        "json",
+    ]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["other_currency"], 2, "{report}");
+    assert_eq!(report["buyers"], 2, "{report}");
+    assert_eq!(report["transactions"], 3, "{report}");
+    // cy only bought in USD: a profile, but no purchase traits.
+    let rows = common::sql(
+        dir.path(),
+        "select frequency, monetary from traits order by frequency nulls first, monetary",
+    );
+    assert_eq!(rows, vec![",", "1,5.0", "2,40.0"]);
+}

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::storage::schema::timestamp_type;
 use crate::storage::{TableSpec, WriteMode};
 use crate::traits::btyd::{self, BgNbd, GammaGamma, History};
-use crate::traits::features::{self, Purchases};
+use crate::traits::features::{self, Purchases, lit, ts};
 use crate::traits::propensity::{self, Trained};
 use crate::traits::rfm;
 use crate::workspace::Workspace;
@@ -102,35 +102,25 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
             cfg.revenue_property
         )));
     }
-    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
-    let as_of_sql = format!(
-        "CAST({} AS TIMESTAMP)",
-        quote(&as_of.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
-    );
-    let base = format!(
-        "profile_id IS NOT NULL AND event = {} AND \"timestamp\" <= {as_of_sql}",
-        quote(&cfg.purchase_event)
-    );
-    let (currency_ok, other_currency) = match &cfg.currency {
-        Some(c) => {
-            let ok = format!("(prop_currency IS NULL OR prop_currency = {})", quote(c));
-            let n = scalar(
-                &ctx,
-                &format!("SELECT count(*) FROM profile_events WHERE {base} AND NOT {ok}"),
-            )
-            .await?;
-            (ok, n)
-        }
-        None => ("TRUE".to_string(), 0),
+    // Purchases in another currency are counted in the same pass, not read again.
+    let currency_ok = match &cfg.currency {
+        Some(c) => format!("(prop_currency IS NULL OR prop_currency = {})", lit(c)),
+        None => "TRUE".to_string(),
     };
     // Grouped by profile here rather than sorted by the engine: a hash map is cheaper than a
     // sort of every purchase day by profile id.
     let sql = format!(
         "SELECT profile_id, \"day\", \
-         coalesce(sum(\"{revenue}\"), 0) AS spend \
-         FROM profile_events WHERE {base} AND {currency_ok} GROUP BY 1, 2"
+         coalesce(sum(\"{revenue}\") FILTER (WHERE {currency_ok}), 0) AS spend, \
+         count(*) FILTER (WHERE {currency_ok}) AS kept, \
+         count(*) FILTER (WHERE NOT {currency_ok}) AS other \
+         FROM profile_events WHERE profile_id IS NOT NULL AND event = {} \
+         AND \"timestamp\" <= {} GROUP BY 1, 2",
+        lit(&cfg.purchase_event),
+        ts(as_of)
     );
     let batches = ctx.sql(&sql).await?.collect().await?;
+    let mut other_currency = 0;
     let mut by_profile: HashMap<String, Vec<(i64, f64)>, Xxh3Builder> =
         HashMap::with_hasher(Xxh3Builder::new());
     for b in &batches {
@@ -140,7 +130,13 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
         let days = days.as_primitive::<Date32Type>();
         let spend = arrow::compute::cast(b.column(2), &DataType::Float64)?;
         let spend = spend.as_primitive::<Float64Type>();
+        let kept = b.column(3).as_primitive::<Int64Type>();
+        let other = b.column(4).as_primitive::<Int64Type>();
+        other_currency += other.iter().flatten().sum::<i64>() as u64;
         for i in 0..b.num_rows() {
+            if kept.value(i) == 0 {
+                continue;
+            }
             // `day` is the UTC day of the event (days since 1970-01-01).
             let day = (i64::from(days.value(i)) * DAY_US, spend.value(i));
             match by_profile.get_mut(ids.value(i)) {
@@ -213,9 +209,9 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
             bgnbd.as_ref(),
         )];
         let mut labels = Vec::new();
-        for (name, spec) in &cfg.models {
+        for spec in cfg.models.values() {
             let cutoff = as_of - chrono::Duration::days(i64::from(spec.horizon_days));
-            let (event, _) = propensity::target(name, spec, &cfg.purchase_event)?;
+            let event = spec.event.as_deref().unwrap_or(&cfg.purchase_event);
             times.push(cutoff);
             purchase_maps.push(purchases_at(cutoff));
             labels.push(features::LabelSpec {
@@ -312,8 +308,8 @@ async fn population(
     at: DateTime<Utc>,
 ) -> Result<Vec<String>> {
     let sql = format!(
-        "SELECT profile_id FROM profiles WHERE first_seen <= CAST('{}' AS TIMESTAMP) ORDER BY 1",
-        at.format("%Y-%m-%d %H:%M:%S%.6f")
+        "SELECT profile_id FROM profiles WHERE first_seen <= {} ORDER BY 1",
+        ts(at)
     );
     let mut ids = Vec::new();
     for b in ctx.sql(&sql).await?.collect().await? {
@@ -632,14 +628,6 @@ fn traits_batch(
             .map(|b| Arc::new(b.finish()) as ArrayRef),
     );
     Ok(RecordBatch::try_new(spec.schema, columns)?)
-}
-
-async fn scalar(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<u64> {
-    let batches = ctx.sql(sql).await?.collect().await?;
-    Ok(batches
-        .first()
-        .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
-        .map_or(0, |a| a.value(0) as u64))
 }
 
 #[cfg(test)]

@@ -57,7 +57,8 @@ pub struct Purchases {
     pub expected: Option<f64>,
 }
 
-fn lit(s: &str) -> String {
+/// A SQL string literal.
+pub fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -65,7 +66,8 @@ fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-fn ts(at: DateTime<Utc>) -> String {
+/// A SQL timestamp literal (UTC).
+pub fn ts(at: DateTime<Utc>) -> String {
     format!(
         "CAST({} AS TIMESTAMP)",
         lit(&at.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
@@ -181,20 +183,12 @@ fn recency(days: Option<f64>) -> f64 {
     days.map_or(0.0, |d| 1.0 / (1.0 + d.max(0.0) / 30.0))
 }
 
-/// What one pass over `profile_events` gathers per profile for each time point: the last event,
+/// Counters one pass over `profile_events` keeps per profile and time point: the last event,
 /// counts per activity window, and per top event counts over 30 and 90 days and the last one.
 /// Times are kept as seconds after the scan's start (0: none), to keep a million profiles
 /// with several time points in a few hundred megabytes.
-struct Activity {
-    slots_per_time: usize,
-    times: usize,
-    values: Vec<u32>,
-}
-
-impl Activity {
-    fn slots(events: usize) -> usize {
-        1 + WINDOWS.len() + 3 * events
-    }
+fn activity_slots(events: usize) -> usize {
+    1 + WINDOWS.len() + 3 * events
 }
 
 /// A label to collect in the same pass: profiles with `event` after `from`.
@@ -249,12 +243,9 @@ pub async fn tables(
         select.join(", "),
         window(latest, span_days)
     );
-    let slots = Activity::slots(plan.events.len());
-    let mut activity = Activity {
-        slots_per_time: slots,
-        times: times.len(),
-        values: Vec::new(),
-    };
+    let slots = activity_slots(plan.events.len());
+    // Per profile, per time point, `slots` counters.
+    let mut activity: Vec<u32> = Vec::new();
     let mut profiles = ProfileIndex::default();
     let mut happened: Vec<HashSet<u32>> = labels.iter().map(|_| HashSet::new()).collect();
     let time_us: Vec<i64> = times.iter().map(|t| t.timestamp_micros()).collect();
@@ -274,9 +265,7 @@ pub async fn tables(
             let p = match profiles.get(id) {
                 Some(p) => p,
                 None => {
-                    activity
-                        .values
-                        .resize(activity.values.len() + slots * times.len(), 0);
+                    activity.resize(activity.len() + slots * times.len(), 0);
                     profiles.insert(id)
                 }
             };
@@ -292,8 +281,8 @@ pub async fn tables(
                 if t > at {
                     continue;
                 }
-                let base = (p as usize * activity.times + j) * activity.slots_per_time;
-                let v = &mut activity.values[base..base + activity.slots_per_time];
+                let base = (p as usize * times.len() + j) * slots;
+                let v = &mut activity[base..base + slots];
                 v[0] = v[0].max(secs);
                 for (w, days) in WINDOWS.iter().enumerate() {
                     if t > at - days * DAY_US {
@@ -333,8 +322,8 @@ pub async fn tables(
             v.push(tenure.max(0.0).ln_1p());
             match profiles.get(&person.id) {
                 Some(p) => {
-                    let base = (p as usize * activity.times + j) * slots;
-                    let a = &activity.values[base..base + slots];
+                    let base = (p as usize * times.len() + j) * slots;
+                    let a = &activity[base..base + slots];
                     v.push(recency(days_before(a[0])));
                     v.extend(a[1..=WINDOWS.len()].iter().map(|c| f64::from(*c).ln_1p()));
                     for e in 0..plan.events.len() {

@@ -32,22 +32,6 @@ pub struct Trained {
     pub model: Logistic,
 }
 
-/// The event and direction a model predicts, checked.
-pub fn target<'a>(
-    name: &str,
-    spec: &'a PropensityModel,
-    default_event: &'a str,
-) -> Result<(&'a str, bool)> {
-    let event = spec.event.as_deref().unwrap_or(default_event);
-    match spec.predict.as_str() {
-        "occurs" => Ok((event, false)),
-        "absent" => Ok((event, true)),
-        other => Err(Error::Input(format!(
-            "[traits.models.{name}] predict = {other:?}: expected \"occurs\" or \"absent\""
-        ))),
-    }
-}
-
 /// Trains model `name` on `train_table` (features as of `cutoff`) with labels from
 /// `happened` (the profiles that had the event after the cutoff), and scores `scoring`.
 pub fn train(
@@ -59,7 +43,9 @@ pub fn train(
     happened: &HashSet<String>,
     scoring: &Table,
 ) -> Result<(Trained, Vec<f64>)> {
-    let (event, absent) = target(name, spec, default_event)?;
+    // `predict` is "occurs" or "absent": the config was checked when it was read.
+    let event = spec.event.as_deref().unwrap_or(default_event);
+    let absent = spec.predict == "absent";
     if train_table.ids.is_empty() {
         return Err(Error::Input(format!(
             "no profile was seen by the training cutoff {} (as-of minus {} days)",
