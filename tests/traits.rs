@@ -188,6 +188,24 @@ fn traits_compute_writes_rfm_and_clv_usable_in_sql_and_segments() {
         ]
     );
     assert_eq!(r["calibration"].as_array().unwrap().len(), 20, "{r}");
+    // Features: a categorical trait with few values gets indicators, names (many values) none;
+    // consent flags enter as booleans.
+    let features: Vec<&str> = r["models"][2]["parameters"]["model"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        features.iter().any(|f| f.starts_with("country = ")),
+        "{features:?}"
+    );
+    assert!(features.contains(&"consent_email"), "{features:?}");
+    assert!(
+        !features.iter().any(|f| f.starts_with("first_name")),
+        "{features:?}"
+    );
+    assert!(features.contains(&"p_alive"), "{features:?}");
     let churn = r["distributions"]
         .as_array()
         .unwrap()

@@ -62,7 +62,8 @@ pub fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn ident(s: &str) -> String {
+/// A SQL identifier, quoted.
+pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -117,8 +118,36 @@ pub async fn plan(ctx: &SessionContext, at: DateTime<Utc>) -> Result<Plan> {
             _ => {}
         }
     }
+    // Distinct counts of every text column in one read; the top values only for the few
+    // columns with few values.
     let mut categorical = Vec::new();
-    for col in strings {
+    let few: Vec<String> = if strings.is_empty() {
+        Vec::new()
+    } else {
+        let counts: Vec<String> = strings
+            .iter()
+            .map(|c| format!("CAST(approx_distinct({}) AS BIGINT)", ident(c)))
+            .collect();
+        let batches = ctx
+            .sql(&format!("SELECT {} FROM profiles", counts.join(", ")))
+            .await?
+            .collect()
+            .await?;
+        let b = batches.first();
+        strings
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| {
+                b.is_some_and(|b| {
+                    let n = b.column(*k).as_primitive::<Int64Type>().value(0);
+                    // approx_distinct is exact at this size; a margin keeps borderline columns.
+                    n > 0 && n <= MAX_CATEGORIES as i64 + 2
+                })
+            })
+            .map(|(_, c)| c.clone())
+            .collect()
+    };
+    for col in few {
         let sql = format!(
             "SELECT {c} AS v, count(*) AS n FROM profiles WHERE {c} IS NOT NULL \
              GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {}",

@@ -112,20 +112,28 @@ pub async fn report(ws: &Workspace) -> Result<Report> {
         .filter(|f| f.data_type().is_numeric())
         .map(|f| f.name().clone())
         .collect();
+    // Every numeric trait in one read of the table.
     let mut distributions = Vec::new();
-    for name in numeric {
-        let sql = format!(
-            "SELECT CAST(\"{}\" AS DOUBLE) FROM traits",
-            name.replace('"', "\"\"")
-        );
-        let mut values = Vec::new();
-        let mut nulls = 0;
-        for b in ctx.sql(&sql).await?.collect().await? {
-            let a = b.column(0).as_primitive::<Float64Type>();
-            nulls += a.null_count() as u64;
-            values.extend(a.iter().flatten());
+    if !numeric.is_empty() {
+        let select: Vec<String> = numeric
+            .iter()
+            .map(|n| format!("CAST({} AS DOUBLE)", crate::traits::features::ident(n)))
+            .collect();
+        let batches = ctx
+            .sql(&format!("SELECT {} FROM traits", select.join(", ")))
+            .await?
+            .collect()
+            .await?;
+        for (k, name) in numeric.into_iter().enumerate() {
+            let mut values = Vec::new();
+            let mut nulls = 0;
+            for b in &batches {
+                let a = b.column(k).as_primitive::<Float64Type>();
+                nulls += a.null_count() as u64;
+                values.extend(a.iter().flatten());
+            }
+            distributions.push(distribution(name, values, nulls));
         }
-        distributions.push(distribution(name, values, nulls));
     }
     let groups = ctx
         .sql("SELECT rfm_segment, count(*) FROM traits WHERE rfm_segment IS NOT NULL GROUP BY 1 ORDER BY 2 DESC, 1")
