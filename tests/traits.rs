@@ -366,6 +366,13 @@ fn purchases_in_other_currencies_are_skipped_and_counted() {
     assert_eq!(report["other_currency"], 2, "{report}");
     assert_eq!(report["buyers"], 2, "{report}");
     assert_eq!(report["transactions"], 3, "{report}");
+    // One repeat buyer is too few for Gamma-Gamma: said, and its columns left null.
+    let not_produced = report["not_produced"].to_string();
+    assert!(
+        not_produced.contains("expected_spend, clv: Gamma-Gamma: 1 customer(s) with repeat purchases and positive spend"),
+        "{report}"
+    );
+    assert_eq!(report["non_positive_spend"], 0, "{report}");
     // cy only bought in USD: a profile, but no purchase traits.
     let rows = common::sql(
         dir.path(),

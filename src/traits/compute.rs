@@ -35,6 +35,8 @@ pub struct ComputeReport {
     /// Profiles with at least one purchase.
     pub buyers: u64,
     pub repeat_buyers: u64,
+    /// Repeat buyers whose average repeat spend is not positive: left out of Gamma-Gamma.
+    pub non_positive_spend: u64,
     pub transactions: u64,
     /// Purchases left out because of another currency.
     pub other_currency: u64,
@@ -278,6 +280,10 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
         profiles: rows,
         buyers: buyers.len() as u64,
         repeat_buyers: histories.iter().filter(|h| h.x > 0.0).count() as u64,
+        non_positive_spend: histories
+            .iter()
+            .filter(|h| h.x > 0.0 && h.zbar <= 0.0)
+            .count() as u64,
         transactions: buyers.iter().map(|b| b.days.len() as u64).sum(),
         other_currency,
         bgnbd,
