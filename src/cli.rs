@@ -115,6 +115,18 @@ enum Command {
     /// Computed traits: RFM, purchase models (BG/NBD, Gamma-Gamma), propensity scores.
     #[command(subcommand)]
     Traits(crate::cli_traits::TraitsCommand),
+    /// Audience exports: run one now, list them, see their runs.
+    #[command(subcommand)]
+    Export(crate::cli_export::ExportCommand),
+    /// Scheduled exports: run what is due.
+    #[command(subcommand)]
+    Schedule(crate::cli_export::ScheduleCommand),
+    /// Long-running services: the export scheduler.
+    Serve {
+        /// Run exports on their schedules until stopped.
+        #[arg(long)]
+        scheduler: bool,
+    },
     /// List the tables of the workspace with their versions and file counts.
     Tables {
         #[command(flatten)]
@@ -340,6 +352,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Traits(command) => crate::cli_traits::run(command, &cwd, open, &mut out).await,
+        Command::Export(command) => crate::cli_export::export(command, open, &mut out).await,
+        Command::Schedule(command) => crate::cli_export::schedule(command, open, &mut out).await,
+        Command::Serve { scheduler } => {
+            if !scheduler {
+                return Err(Error::Input(
+                    "tribe serve: name a service to run (--scheduler)".into(),
+                ));
+            }
+            crate::cli_export::serve_scheduler(open, &mut out).await
+        }
         Command::Segment(command) => {
             let ws = open()?;
             crate::cli_segment::run(&ws, command, &mut out).await
@@ -430,7 +452,7 @@ fn bytes_progress(files: &[PathBuf], message: &'static str) -> ProgressBar {
 }
 
 /// A spinner for a long step, drawn only on a terminal.
-fn spinner(message: &'static str) -> ProgressBar {
+pub fn spinner(message: &'static str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

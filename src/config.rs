@@ -32,6 +32,9 @@ pub struct Config {
     /// Computed traits: what a purchase is, units and value settings.
     #[serde(default)]
     pub traits: TraitsSection,
+    /// Audience exports by name (more in `exports/*.toml`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exports: BTreeMap<String, crate::export::ExportConfig>,
 }
 
 /// `[traits]`: how computed traits read purchases.
@@ -450,6 +453,11 @@ impl Config {
                 )));
             }
         }
+        for (name, export) in &self.exports {
+            export
+                .validate(name)
+                .map_err(|m| bad(format!("[exports.{name}] {m}")))?;
+        }
         for name in self.events.properties.keys() {
             // Nested properties are named by their path: `product.sku`.
             if !name.split('.').all(is_identifier) {
@@ -504,7 +512,7 @@ impl Config {
 }
 
 /// A TOML error as one line with its position.
-fn one_line(e: &toml::de::Error) -> String {
+pub(crate) fn one_line(e: &toml::de::Error) -> String {
     let msg = e.message().trim().to_string();
     match e.span() {
         Some(span) => format!("{msg} (at byte {})", span.start),

@@ -46,6 +46,10 @@ pub enum Error {
     #[error("nothing was accepted from the input ({rejected} rejected)")]
     NothingAccepted { rejected: u64 },
 
+    /// Someone else is doing it right now (an export run in progress).
+    #[error("{0}")]
+    Busy(String),
+
     #[error("{0}")]
     Other(String),
 }

@@ -3,16 +3,19 @@
 //!
 //! Modules follow the pipeline: `config` and `workspace` (where things are), `storage` (tables
 //! and commits), `ingest` (events and records in), `identity`
-//! (unified profiles), `segment` (the segment language), `sql` and `output` (queries out), `maintain`
-//! (compaction and clean-up), `demo` (generated workspaces).
+//! (unified profiles), `segment` (the segment language), `traits` (computed traits), `export` and
+//! `schedule` (activation), `sql` and `output` (queries out), `maintain` (compaction and
+//! clean-up), `demo` (generated workspaces).
 
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod export;
 pub mod identity;
 pub mod ingest;
 pub mod maintain;
 pub mod output;
+pub mod schedule;
 pub mod segment;
 pub mod sql;
 pub mod storage;

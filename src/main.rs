@@ -2,6 +2,7 @@
 //! Errors are rendered here, as one line on stderr.
 
 mod cli;
+mod cli_export;
 mod cli_segment;
 mod cli_traits;
 

@@ -21,7 +21,8 @@ pub struct Workspace {
 impl Workspace {
     /// Opens the workspace in `dir` (which holds `tribe.toml`).
     pub fn open(dir: &Path) -> Result<Workspace> {
-        let config = Config::load(&dir.join(CONFIG_FILE))?;
+        let mut config = Config::load(&dir.join(CONFIG_FILE))?;
+        crate::export::definition::load_dir(dir, &mut config.exports)?;
         let spec = std::env::var(STORAGE_ENV)
             .ok()
             .filter(|s| !s.trim().is_empty())

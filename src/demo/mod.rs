@@ -107,7 +107,11 @@ pub fn demo_config(name: &str) -> Config {
                 ("last_name", "last_name"),
                 ("country", "country"),
             ]),
-            consent: map(&[("email", "email_opt_in"), ("sms", "sms_opt_in")]),
+            consent: map(&[
+                ("email", "email_opt_in"),
+                ("sms", "sms_opt_in"),
+                ("ads", "ads_opt_in"),
+            ]),
             columns: [("created_at".to_string(), ValueType::Timestamp)].into(),
             event: None,
         },
@@ -171,6 +175,53 @@ fn write_examples(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The example exports of a demo workspace, as `exports/NAME.toml` files: the two ad platform
+/// presets and a plain CSV into a local folder (`{outbox}` becomes the workspace's `outbox/`).
+pub const EXAMPLE_EXPORTS: &[(&str, &str)] = &[
+    (
+        "vip_google",
+        "# VIP customers to Google Ads Customer Match: hashed e-mail, phone and names, daily at 06:00\n\
+         # Berlin time, only people who agreed to ads. Files go under the storage root.\n\
+         segment = \"vip_by_spend\"\n\
+         preset = \"google_customer_match\"\n\
+         consent = \"ads\"\n\
+         schedule = \"0 6 * * *\"\n\
+         timezone = \"Europe/Berlin\"\n",
+    ),
+    (
+        "churn_risk_meta",
+        "# Valuable customers at risk of churning to a Meta custom audience, except the VIPs (who get\n\
+         # their own campaign). Hashed as Meta asks; split into files of at most 10000 rows.\n\
+         segment = \"high_value_churn_risk\"\n\
+         preset = \"meta_custom_audience\"\n\
+         consent = \"ads\"\n\
+         suppress = \"vip_by_spend\"\n\
+         max_rows_per_file = 10000\n\
+         schedule = \"30 6 * * 1\"\n\
+         timezone = \"Europe/Berlin\"\n",
+    ),
+    (
+        "winback_email",
+        "# At-risk customers who can be e-mailed, as a plain CSV for the e-mail tool, in a local folder.\n\
+         segment = \"at_risk_winback\"\n\
+         consent = \"email\"\n\
+         columns = [\"profile_id\", \"email\", \"first_name\", \"rfm_segment\", { from = \"clv\", as = \"predicted_value\" }]\n\
+         destination = \"{outbox}/{export}/{date}/{run}/\"\n",
+    ),
+];
+
+fn write_exports(dir: &Path) -> Result<()> {
+    let folder = dir.join("exports");
+    std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
+    let outbox = dir.join("outbox");
+    for (name, text) in EXAMPLE_EXPORTS {
+        let path = folder.join(format!("{name}.toml"));
+        let text = text.replace("{outbox}", &outbox.display().to_string());
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
 /// People generated and written per step; bounds memory at any scale.
 const PEOPLE_PER_STEP: u64 = 2000;
 
@@ -193,6 +244,7 @@ pub async fn build(
         .to_string();
     let ws = Workspace::init(dir, demo_config(&name))?;
     write_examples(&dir.join(&ws.config.segments.dir))?;
+    write_exports(dir)?;
     let sources = dir.join("sources");
 
     let mut report = DemoReport {
@@ -359,6 +411,7 @@ impl SourceFiles {
             "loyalty_id",
             "email_opt_in",
             "sms_opt_in",
+            "ads_opt_in",
             "created_at",
         ])
         .map_err(csv_err)?;

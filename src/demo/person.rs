@@ -51,6 +51,7 @@ struct Plan {
     loyalty_id: Option<String>,
     email_consent: bool,
     sms_consent: bool,
+    ads_consent: bool,
     app_user: bool,
     sessions_per_month: f64,
     buy_rate: f64,
@@ -163,6 +164,8 @@ fn plan_of(seed: u64, p: u64, days: u32, as_of: i64) -> Plan {
         loyalty_id: loyalty.then(|| format!("L{:08}", p * 7 + 3)),
         email_consent: r.random_bool(0.7),
         sms_consent: r.random_bool(0.4),
+        // A stream of its own, so that adding it left every other draw as it was.
+        ads_consent: rng_for(seed, p, "ads").random_bool(0.5),
         app_user: r.random_bool(0.4),
         sessions_per_month,
         buy_rate: r.random_range(0.05..0.35),
@@ -583,6 +586,7 @@ fn crm_and_shop(e: &mut Emitter, plan: &Plan, p: u64, as_of: i64) {
         plan.loyalty_id.clone().unwrap_or_default(),
         email_opt,
         sms_opt,
+        if plan.ads_consent { "yes" } else { "no" }.to_string(),
         iso(plan.first_seen - 30 * DAY),
     ]);
     // Shop purchases, keyed by the e-mail given at the till or by the loyalty card.
