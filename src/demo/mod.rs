@@ -106,6 +106,7 @@ pub fn demo_config(name: &str) -> Config {
                 ("first_name", "first_name"),
                 ("last_name", "last_name"),
                 ("country", "country"),
+                ("zip", "zip"),
             ]),
             consent: map(&[
                 ("email", "email_opt_in"),
@@ -412,6 +413,7 @@ impl SourceFiles {
             "email_opt_in",
             "sms_opt_in",
             "ads_opt_in",
+            "zip",
             "created_at",
         ])
         .map_err(csv_err)?;

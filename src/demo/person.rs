@@ -52,6 +52,7 @@ struct Plan {
     email_consent: bool,
     sms_consent: bool,
     ads_consent: bool,
+    zip: String,
     app_user: bool,
     sessions_per_month: f64,
     buy_rate: f64,
@@ -99,6 +100,31 @@ const CATEGORIES: &[&str] = &["shoes", "shirts", "jackets", "bags", "accessories
 fn rng_for(seed: u64, person: u64, stream: &str) -> ChaCha8Rng {
     let key = format!("{seed}/{person}/{stream}");
     ChaCha8Rng::seed_from_u64(xxhash_rust::xxh3::xxh3_64(key.as_bytes()))
+}
+
+/// A postal code in the country's format.
+fn postal_code(country: &str, r: &mut ChaCha8Rng) -> String {
+    match country {
+        "AT" | "CH" => format!("{}", r.random_range(1000..10000)),
+        "GB" => {
+            let l = |r: &mut ChaCha8Rng| (b'A' + r.random_range(0..26u8)) as char;
+            format!(
+                "{}{}{} {}{}{}",
+                l(r),
+                l(r),
+                r.random_range(1..10),
+                r.random_range(1..10),
+                l(r),
+                l(r)
+            )
+        }
+        "US" => format!(
+            "{:05}-{:04}",
+            r.random_range(10000..99999),
+            r.random_range(0..10000)
+        ),
+        _ => format!("{:05}", r.random_range(1000..99999)),
+    }
 }
 
 fn plan_of(seed: u64, p: u64, days: u32, as_of: i64) -> Plan {
@@ -150,6 +176,8 @@ fn plan_of(seed: u64, p: u64, days: u32, as_of: i64) -> Plan {
         as_of
     };
     let sessions_per_month = (0.4 + r.random_range(-1.2..1.2f64)).exp().min(20.0);
+    // Fields added later draw from a stream of their own, so every earlier draw stays as it was.
+    let mut extra = rng_for(seed, p, "extra");
     Plan {
         first_seen,
         end: end.max(signup_at.unwrap_or(first_seen) + MINUTE),
@@ -164,8 +192,8 @@ fn plan_of(seed: u64, p: u64, days: u32, as_of: i64) -> Plan {
         loyalty_id: loyalty.then(|| format!("L{:08}", p * 7 + 3)),
         email_consent: r.random_bool(0.7),
         sms_consent: r.random_bool(0.4),
-        // A stream of its own, so that adding it left every other draw as it was.
-        ads_consent: rng_for(seed, p, "ads").random_bool(0.5),
+        ads_consent: extra.random_bool(0.5),
+        zip: postal_code(country.0, &mut extra),
         app_user: r.random_bool(0.4),
         sessions_per_month,
         buy_rate: r.random_range(0.05..0.35),
@@ -587,6 +615,7 @@ fn crm_and_shop(e: &mut Emitter, plan: &Plan, p: u64, as_of: i64) {
         email_opt,
         sms_opt,
         if plan.ads_consent { "yes" } else { "no" }.to_string(),
+        plan.zip.clone(),
         iso(plan.first_seen - 30 * DAY),
     ]);
     // Shop purchases, keyed by the e-mail given at the till or by the loyalty card.
