@@ -127,6 +127,15 @@ impl Location {
         Ok(())
     }
 
+    /// [`Location::put`] for futures that must not borrow their arguments.
+    pub fn put_owned(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<()>> + '_ {
+        async move { self.put(&name, bytes).await }
+    }
+
     /// An object's bytes, or `None` when it does not exist.
     pub async fn get(&self, name: &str) -> Result<Option<bytes::Bytes>> {
         match self.store.get(&self.path(name)).await {
@@ -217,44 +226,73 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
-/// Encodes rows in `format`; CSV and JSON lines get a header or nothing for no rows.
+/// Encodes rows in `format`; CSV has a header even without rows. CSV and JSON lines are
+/// encoded batch by batch on all cores and joined (they are line formats).
 pub fn encode(format: &str, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    match format {
-        "parquet" => {
-            let props = parquet::file::properties::WriterProperties::builder()
-                .set_compression(parquet::basic::Compression::ZSTD(
-                    parquet::basic::ZstdLevel::try_new(1).expect("valid level"),
-                ))
-                .build();
-            let mut w =
-                parquet::arrow::ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
-            for b in batches {
-                w.write(b)?;
-            }
-            w.close()?;
-        }
-        "jsonl" => {
-            let mut w = arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
-            for b in batches {
-                w.write(b)?;
-            }
-            w.finish()?;
-        }
-        _ => {
-            let mut w = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut buf);
-            if batches.is_empty() {
-                w.write(&RecordBatch::new_empty(schema.clone()))?;
-            }
-            for b in batches {
-                w.write(b)?;
-            }
-        }
+    use rayon::prelude::*;
+    if format == "parquet" {
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(
+                parquet::basic::ZstdLevel::try_new(1).expect("valid level"),
+            ))
+            .build();
+        return parquet_bytes(schema, batches, props);
     }
+    let mut out = Vec::new();
+    if format != "jsonl" {
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut out);
+        w.write(&RecordBatch::new_empty(schema.clone()))?;
+    }
+    let parts: Vec<Vec<u8>> = batches
+        .par_iter()
+        .map(|b| -> Result<Vec<u8>> {
+            let mut buf = Vec::new();
+            if format == "jsonl" {
+                let mut w = arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+                w.write(b)?;
+                w.finish()?;
+            } else {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(false)
+                    .build(&mut buf);
+                w.write(b)?;
+            }
+            Ok(buf)
+        })
+        .collect::<Result<_>>()?;
+    out.reserve(parts.iter().map(Vec::len).sum());
+    for p in parts {
+        out.extend_from_slice(&p);
+    }
+    Ok(out)
+}
+
+/// The state of a run (profile ids with the rows as delivered) as Parquet, tuned for speed:
+/// hashes neither compress much nor repeat, so no dictionary, no statistics and fast LZ4.
+pub fn encode_state(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::LZ4_RAW)
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None)
+        .build();
+    parquet_bytes(schema, batches, props)
+}
+
+fn parquet_bytes(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    props: parquet::file::properties::WriterProperties,
+) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.close()?;
     Ok(buf)
 }
 

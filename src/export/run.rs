@@ -59,6 +59,8 @@ pub struct RunOutcome {
     pub destination: String,
     pub previous_run: Option<String>,
     pub seconds: f64,
+    /// Seconds per step: prepare, query, diff, encode, write.
+    pub phases: Vec<(String, f64)>,
     pub notes: Vec<String>,
 }
 
@@ -248,11 +250,13 @@ pub async fn run(ws: &Workspace, name: &str, req: &RunRequest) -> Result<RunOutc
         }
     };
     pause_point("claimed");
-    match deliver(ws, &p, &claim, &runs, &dest).await {
+    let mut phases = vec![("prepare".to_string(), started.elapsed().as_secs_f64())];
+    match deliver(ws, &p, &claim, &runs, &dest, &mut phases).await {
         Ok((row, notes)) => {
             append_until_done(ws, &mut runs, &row).await?;
             let mut outcome = outcome_of(&row, &p, status::DELIVERED, started);
             outcome.notes = notes;
+            outcome.phases = phases;
             Ok(outcome)
         }
         Err(e) => {
@@ -340,6 +344,7 @@ fn outcome_of(r: &RunRow, p: &Prepared, status: &str, started: Instant) -> RunOu
         destination: r.destination.clone().unwrap_or_default(),
         previous_run: r.previous_run.clone(),
         seconds: started.elapsed().as_secs_f64(),
+        phases: Vec::new(),
         notes: p.audience.notes.clone(),
     }
 }
@@ -395,7 +400,13 @@ async fn deliver(
     claim: &RunRow,
     runs: &Runs,
     dest: &Location,
+    phases: &mut Vec<(String, f64)>,
 ) -> Result<(RunRow, Vec<String>)> {
+    let mut lap = Instant::now();
+    let mut phase = |name: &str| {
+        phases.push((name.to_string(), lap.elapsed().as_secs_f64()));
+        lap = Instant::now();
+    };
     let notes = p.audience.notes.clone();
     let df = p.segments.ctx.sql(&p.audience.sql).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -418,7 +429,9 @@ async fn deliver(
         }
         None => None,
     };
+    phase("query");
     let (adds, removes) = diff(&schema, &current, before.as_deref().unwrap_or(&[]))?;
+    phase("diff");
     let out_schema = Arc::new(without_id(&schema));
     let strip = |batches: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
         batches
@@ -438,37 +451,48 @@ async fn deliver(
         ("adds", &adds_rows),
         ("removes", &removes_rows),
     ];
-    let encoded: Vec<Vec<(files::FileEntry, Vec<u8>)>> = {
-        use rayon::prelude::*;
-        kinds
-            .par_iter()
-            .map(|(kind, rows)| {
-                files::files_of(
-                    kind,
-                    &def.format,
-                    def.extension(),
-                    &out_schema,
-                    rows,
-                    def.max_rows_per_file,
-                )
-            })
-            .collect::<Result<_>>()?
-    };
-    let state_bytes = files::encode("parquet", &schema, &current)?;
-    let mut entries = Vec::new();
-    let mut first = true;
+    let (encoded, state_bytes) = rayon::join(
+        || -> Result<Vec<Vec<(files::FileEntry, Vec<u8>)>>> {
+            kinds
+                .iter()
+                .map(|(kind, rows)| {
+                    files::files_of(
+                        kind,
+                        &def.format,
+                        def.extension(),
+                        &out_schema,
+                        rows,
+                        def.max_rows_per_file,
+                    )
+                })
+                .collect()
+        },
+        || files::encode_state(&schema, &current),
+    );
+    let (encoded, state_bytes) = (encoded?, state_bytes?);
+    phase("encode");
+    // All files at once: the object store takes them in parallel, and the state with them.
+    let mut puts = Vec::new();
     for (entry, bytes) in encoded.into_iter().flatten() {
-        dest.put(&entry.name, bytes).await?;
-        entries.push(entry);
-        if first {
-            pause_point("first-file");
-            first = false;
-        }
+        puts.push((entry, bytes));
     }
-    state
-        .put(&format!("{}.parquet", claim.run_id), state_bytes)
-        .await?;
+    let state_name = format!("{}.parquet", claim.run_id);
+    let mut entries = Vec::new();
+    let mut pending = Vec::new();
+    for (i, (entry, bytes)) in puts.into_iter().enumerate() {
+        if i == 0 {
+            // The first file alone, so that a crash test can stop between files.
+            dest.put(&entry.name, bytes).await?;
+            pause_point("first-file");
+        } else {
+            pending.push(dest.put_owned(entry.name.clone(), bytes));
+        }
+        entries.push(entry);
+    }
+    pending.push(state.put_owned(state_name, state_bytes));
+    futures::future::try_join_all(pending).await?;
     pause_point("files");
+    phase("write");
     let manifest = Manifest {
         run_id: claim.run_id.clone(),
         export: p.name.clone(),
@@ -516,6 +540,13 @@ fn ids(batches: &[RecordBatch]) -> Result<Vec<arrow::array::ArrayRef>> {
         .collect()
 }
 
+fn id_set(arrays: &[arrow::array::ArrayRef]) -> HashSet<&str> {
+    arrays
+        .iter()
+        .flat_map(|a| a.as_string::<i32>().iter().flatten())
+        .collect()
+}
+
 /// Adds (current rows whose profile was not delivered last time) and removes (rows delivered
 /// last time whose profile is gone, as they were delivered, in the current columns).
 fn diff(
@@ -525,16 +556,10 @@ fn diff(
 ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
     let now_ids = ids(current)?;
     let before_ids = ids(before)?;
-    let set = |arrays: &[arrow::array::ArrayRef]| -> HashSet<String> {
-        arrays
-            .iter()
-            .flat_map(|a| a.as_string::<i32>().iter().flatten().map(str::to_string))
-            .collect()
-    };
-    let (now_set, before_set) = (set(&now_ids), set(&before_ids));
+    let (now_set, before_set) = (id_set(&now_ids), id_set(&before_ids));
     let keep = |batches: &[RecordBatch],
                 arrays: &[arrow::array::ArrayRef],
-                other: &HashSet<String>|
+                other: &HashSet<&str>|
      -> Result<Vec<RecordBatch>> {
         batches
             .iter()

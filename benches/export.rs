@@ -1,0 +1,222 @@
+//! Export benchmark (run with `cargo bench --bench export`): a Google Customer Match export of
+//! `TRIBE_BENCH_MEMBERS` members (default 1,000,000) with hashed e-mail, phone and names, as
+//! `tribe export run` does it: the audience query with consent in the plan, the diff against the
+//! last delivered run, CSV files with checksums, the state and the manifest.
+//!
+//! A fresh workspace holds a `profiles` table of the members plus 10% who are not in the
+//! segment. Three runs: the first (everyone is an add), one after 1% withdrew consent and 1%
+//! joined (real adds and removes), and one with nothing changed. Then DuckDB (from the test
+//! venv, when it is there) does the same work on the same Parquet files: the same hashing and
+//! consent filter, anti-joins against the previous state for adds and removes, CSV out.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use tribe::export::RunRequest;
+use tribe::storage::{TableSpec, WriteMode};
+use tribe::workspace::Workspace;
+
+const FIRST: &[&str] = &["Ana", " Ben", "Cleo ", "DAVID", "Emma", "Finn", "Greta", "Hugo"];
+const LAST: &[&str] = &["Lopez", "Müller", "O'Neil", "Smith", "Novak", "Rossi", "Kim"];
+const COUNTRY: &[&str] = &["DE", "AT", "CH", "US", "GB", "FR"];
+
+/// Profiles `0..n`; the first `members` are known (the segment) and agreed to ads, except the
+/// `withdrawn`; the others never stated consent.
+fn profiles(n: usize, members: usize, withdrawn: &dyn Fn(usize) -> bool) -> RecordBatch {
+    let text = |f: &dyn Fn(usize) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from((0..n).map(f).collect::<Vec<_>>()))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("profile_id", DataType::Utf8, false),
+        Field::new("is_known", DataType::Boolean, false),
+        Field::new("email", DataType::Utf8, true),
+        Field::new("phone", DataType::Utf8, true),
+        Field::new("first_name", DataType::Utf8, true),
+        Field::new("last_name", DataType::Utf8, true),
+        Field::new("country", DataType::Utf8, true),
+        Field::new("zip", DataType::Utf8, true),
+        Field::new("consent_ads", DataType::Boolean, true),
+    ]));
+    let consent: BooleanArray = (0..n)
+        .map(|i| (i < members).then(|| !withdrawn(i)))
+        .collect();
+    RecordBatch::try_new(
+        schema,
+        vec![
+            text(&|i| Some(format!("p_{i:012}"))),
+            Arc::new(BooleanArray::from(
+                (0..n).map(|i| i < members).collect::<Vec<_>>(),
+            )),
+            text(&|i| {
+                Some(format!(
+                    "{}.{}{i}@{}",
+                    FIRST[i % FIRST.len()].trim(),
+                    LAST[i % LAST.len()],
+                    if i % 3 == 0 { "GMail.com" } else { "example.com" }
+                ))
+            }),
+            text(&|i| (i % 5 != 0).then(|| format!("+49151{:08}", i))),
+            text(&|i| Some(FIRST[i % FIRST.len()].to_string())),
+            text(&|i| Some(LAST[(i / 7) % LAST.len()].to_string())),
+            text(&|i| Some(COUNTRY[i % COUNTRY.len()].to_string())),
+            text(&|i| Some(format!("{:05}", 10000 + i % 89999))),
+            Arc::new(consent),
+        ],
+    )
+    .unwrap()
+}
+
+async fn write_profiles(ws: &Workspace, batch: RecordBatch) {
+    let spec = TableSpec {
+        name: "profiles".into(),
+        path: "profiles".into(),
+        schema: batch.schema(),
+        partition_columns: vec![],
+    };
+    let slices: Vec<RecordBatch> = (0..batch.num_rows())
+        .step_by(100_000)
+        .map(|o| batch.slice(o, 100_000.min(batch.num_rows() - o)))
+        .collect();
+    ws.storage
+        .write(&spec, slices, WriteMode::Replace)
+        .await
+        .unwrap();
+}
+
+fn main() {
+    let members: usize = std::env::var("TRIBE_BENCH_MEMBERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let root = std::env::var("TRIBE_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("tribe-bench-export"));
+    let dir = root.join(format!("export-{members}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("queries")).unwrap();
+    std::fs::write(
+        dir.join("tribe.toml"),
+        "[workspace]\nname = \"bench\"\nstorage = \"data\"\n\n\
+         [exports.google]\nsegment = \"known\"\npreset = \"google_customer_match\"\nconsent = \"ads\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("queries/bench.seg"),
+        "segment known = is_known = true\n",
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let ws = Workspace::open(&dir).unwrap();
+        let total = members + members / 10;
+        let changes = members / 100;
+        println!("| run | audience | adds | removes | tribe |");
+        println!("|---|---:|---:|---:|---:|");
+        let mut state = Vec::new();
+        for (label, batch) in [
+            ("first run", profiles(total, members, &|_| false)),
+            (
+                "1% withdrew consent, 1% joined",
+                profiles(total, members + changes, &|i| i % 100 == 3),
+            ),
+            (
+                "nothing changed",
+                profiles(total, members + changes, &|i| i % 100 == 3),
+            ),
+        ] {
+            write_profiles(&ws, batch).await;
+            let ws = Workspace::open(&dir).unwrap();
+            let t = Instant::now();
+            let req = RunRequest {
+                as_of: chrono::Utc::now(),
+                scheduled_for: None,
+                attempt: 1,
+            };
+            let o = tribe::export::run::run(&ws, "google", &req).await.unwrap();
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "| {label} | {} | {} | {} | {secs:.2} s |",
+                o.audience, o.adds, o.removes
+            );
+            eprintln!("{label}: {:?}", o.phases);
+            state.push(o.run_id);
+        }
+        duckdb(&dir, &ws, &state[0]).await;
+    });
+}
+
+/// The same export in DuckDB over the same Parquet files: the second run's work (hash, consent
+/// filter, adds and removes against the first run's state), written as CSV.
+async fn duckdb(dir: &Path, ws: &Workspace, previous_run: &str) {
+    let venv = std::env::var("TRIBE_TEST_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tribe/venv")
+        });
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        println!("\n(DuckDB not installed: run .ci/run once for the side-by-side)");
+        return;
+    }
+    let table = ws
+        .storage
+        .open(&TableSpec::existing("profiles", "profiles"))
+        .await
+        .unwrap()
+        .unwrap();
+    let files: Vec<String> = table
+        .get_file_uris()
+        .unwrap()
+        .map(|u| u.trim_start_matches("file://").to_string())
+        .collect();
+    let state = dir.join(format!("data/export_state/google/{previous_run}.parquet"));
+    let out = dir.join("duckdb-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let h = |e: &str| format!("sha256(nullif({e}, ''))");
+    let email = "lower(trim(email))";
+    let google_email = format!(
+        "CASE WHEN split_part({email}, '@', 2) IN ('gmail.com', 'googlemail.com') \
+         THEN replace(split_part({email}, '@', 1), '.', '') || '@' || split_part({email}, '@', 2) \
+         ELSE {email} END"
+    );
+    let audience = format!(
+        "SELECT profile_id AS __profile_id, {} AS \"Email\", {} AS \"Phone\", {} AS \"First Name\", \
+         {} AS \"Last Name\", upper(trim(country)) AS \"Country\", trim(zip) AS \"Zip\" \
+         FROM read_parquet({files:?}) WHERE is_known AND consent_ads IS TRUE \
+         AND ({} IS NOT NULL OR {} IS NOT NULL)",
+        h(&google_email),
+        h("regexp_replace(phone, '[^0-9+]', '', 'g')"),
+        h("lower(trim(first_name))"),
+        h("lower(trim(last_name))"),
+        h(&google_email),
+        h("regexp_replace(phone, '[^0-9+]', '', 'g')"),
+    );
+    let script = format!(
+        "import duckdb, time\n\
+         con = duckdb.connect()\n\
+         t = time.time()\n\
+         con.execute(\"\"\"CREATE TEMP TABLE cur AS {audience} ORDER BY 1\"\"\")\n\
+         con.execute(\"\"\"CREATE TEMP TABLE prev AS SELECT * FROM read_parquet('{state}')\"\"\")\n\
+         con.execute(\"\"\"COPY (SELECT * EXCLUDE (__profile_id) FROM cur) TO '{out}/audience.csv' (HEADER)\"\"\")\n\
+         con.execute(\"\"\"COPY (SELECT * EXCLUDE (__profile_id) FROM cur WHERE __profile_id NOT IN (SELECT __profile_id FROM prev)) TO '{out}/adds.csv' (HEADER)\"\"\")\n\
+         con.execute(\"\"\"COPY (SELECT * EXCLUDE (__profile_id) FROM prev WHERE __profile_id NOT IN (SELECT __profile_id FROM cur)) TO '{out}/removes.csv' (HEADER)\"\"\")\n\
+         n = con.execute('SELECT count(*) FROM cur').fetchone()[0]\n\
+         print(f'| DuckDB, the second run | {{n}} | | | {{time.time() - t:.2f}} s |')\n",
+        state = state.display(),
+        out = out.display(),
+    );
+    let result = std::process::Command::new(python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    print!("{}", String::from_utf8_lossy(&result.stdout));
+    if !result.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&result.stderr));
+    }
+}
