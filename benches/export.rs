@@ -19,8 +19,12 @@ use tribe::export::RunRequest;
 use tribe::storage::{TableSpec, WriteMode};
 use tribe::workspace::Workspace;
 
-const FIRST: &[&str] = &["Ana", " Ben", "Cleo ", "DAVID", "Emma", "Finn", "Greta", "Hugo"];
-const LAST: &[&str] = &["Lopez", "Müller", "O'Neil", "Smith", "Novak", "Rossi", "Kim"];
+const FIRST: &[&str] = &[
+    "Ana", " Ben", "Cleo ", "DAVID", "Emma", "Finn", "Greta", "Hugo",
+];
+const LAST: &[&str] = &[
+    "Lopez", "Müller", "O'Neil", "Smith", "Novak", "Rossi", "Kim",
+];
 const COUNTRY: &[&str] = &["DE", "AT", "CH", "US", "GB", "FR"];
 
 /// Profiles `0..n`; the first `members` are known (the segment) and agreed to ads, except the
@@ -55,7 +59,11 @@ fn profiles(n: usize, members: usize, withdrawn: &dyn Fn(usize) -> bool) -> Reco
                     "{}.{}{i}@{}",
                     FIRST[i % FIRST.len()].trim(),
                     LAST[i % LAST.len()],
-                    if i % 3 == 0 { "GMail.com" } else { "example.com" }
+                    if i % 3 == 0 {
+                        "GMail.com"
+                    } else {
+                        "example.com"
+                    }
                 ))
             }),
             text(&|i| (i % 5 != 0).then(|| format!("+49151{:08}", i))),

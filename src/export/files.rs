@@ -128,12 +128,8 @@ impl Location {
     }
 
     /// [`Location::put`] for futures that must not borrow their arguments.
-    pub fn put_owned(
-        &self,
-        name: String,
-        bytes: Vec<u8>,
-    ) -> impl std::future::Future<Output = Result<()>> + '_ {
-        async move { self.put(&name, bytes).await }
+    pub async fn put_owned(&self, name: String, bytes: Vec<u8>) -> Result<()> {
+        self.put(&name, bytes).await
     }
 
     /// An object's bytes, or `None` when it does not exist.
@@ -194,6 +190,9 @@ pub fn render(template: &str, export: &str, run: &str, segment: &str, date: &str
         .replace("{segment}", segment)
         .replace("{date}", date)
 }
+
+/// Files encoded for writing: each with its manifest entry.
+pub type Encoded = Vec<(FileEntry, Vec<u8>)>;
 
 /// One written file, as the manifest lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -330,7 +329,7 @@ pub fn files_of(
     schema: &SchemaRef,
     batches: &[RecordBatch],
     max_rows: Option<u64>,
-) -> Result<Vec<(FileEntry, Vec<u8>)>> {
+) -> Result<Encoded> {
     split(batches, max_rows)
         .into_iter()
         .enumerate()

@@ -154,6 +154,10 @@ fn pause_point(step: &str) {
     }
 }
 
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
@@ -250,7 +254,10 @@ pub async fn run(ws: &Workspace, name: &str, req: &RunRequest) -> Result<RunOutc
         }
     };
     pause_point("claimed");
-    let mut phases = vec![("prepare".to_string(), started.elapsed().as_secs_f64())];
+    let mut phases = vec![(
+        "prepare".to_string(),
+        round3(started.elapsed().as_secs_f64()),
+    )];
     match deliver(ws, &p, &claim, &runs, &dest, &mut phases).await {
         Ok((row, notes)) => {
             append_until_done(ws, &mut runs, &row).await?;
@@ -343,7 +350,7 @@ fn outcome_of(r: &RunRow, p: &Prepared, status: &str, started: Instant) -> RunOu
         files: r.files.unwrap_or(0) as u64,
         destination: r.destination.clone().unwrap_or_default(),
         previous_run: r.previous_run.clone(),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: round3(started.elapsed().as_secs_f64()),
         phases: Vec::new(),
         notes: p.audience.notes.clone(),
     }
@@ -404,7 +411,7 @@ async fn deliver(
 ) -> Result<(RunRow, Vec<String>)> {
     let mut lap = Instant::now();
     let mut phase = |name: &str| {
-        phases.push((name.to_string(), lap.elapsed().as_secs_f64()));
+        phases.push((name.to_string(), round3(lap.elapsed().as_secs_f64())));
         lap = Instant::now();
     };
     let notes = p.audience.notes.clone();
@@ -452,7 +459,7 @@ async fn deliver(
         ("removes", &removes_rows),
     ];
     let (encoded, state_bytes) = rayon::join(
-        || -> Result<Vec<Vec<(files::FileEntry, Vec<u8>)>>> {
+        || -> Result<Vec<files::Encoded>> {
             kinds
                 .iter()
                 .map(|(kind, rows)| {
