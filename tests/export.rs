@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::*;
 use serde_json::Value;
@@ -523,16 +523,8 @@ fn s3_objects(prefix: &str) -> Vec<(String, Vec<u8>)> {
          \x20   out.append([o['Key'], body.hex()])\n\
          print(json.dumps(out))\n"
     );
-    let out = Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Vec<(String, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = python_run(&script);
+    let v: Vec<(String, String)> = serde_json::from_slice(&stdout).unwrap();
     v.into_iter()
         .map(|(k, b)| (k, hex::decode(b).unwrap()))
         .collect()
@@ -578,5 +570,31 @@ fn exports_land_on_s3_complete_with_their_manifest() {
     assert_eq!(
         (second["adds"].as_u64(), second["removes"].as_u64()),
         (Some(0), Some(1))
+    );
+}
+
+#[test]
+fn serve_scheduler_fires_due_exports_and_logs_each_run() {
+    let ws = setup(Backend::Local, DAILY);
+    let dir = ws.path();
+    let mut child = tribe(dir)
+        .args(["serve", "--scheduler"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let first = BufReader::new(stdout).lines().next();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line: Value = serde_json::from_str(&first.expect("a log line").unwrap()).unwrap();
+    assert_eq!(line["export"], "daily");
+    assert_eq!(line["outcome"], "delivered");
+    assert_eq!(
+        sql_count(
+            dir,
+            "select count(*) from export_runs where status = 'delivered'"
+        ),
+        1
     );
 }

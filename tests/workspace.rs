@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{Backend, ok, python, run, sql, sql_count, track, tribe, workspace, write};
+use common::{Backend, ok, python_run, run, sql, sql_count, track, tribe, workspace, write};
 
 #[test]
 fn init_and_workspace_discovery() {
@@ -268,19 +268,8 @@ fn tables_are_readable_by_another_delta_reader() {
          import os, sys; sys.stdout.flush(); os._exit(0)",
         dir.join("data/events").display()
     );
-    let out = std::process::Command::new(python())
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "50 100.0 ['day']"
-    );
+    let stdout = python_run(&script);
+    assert_eq!(String::from_utf8_lossy(&stdout).trim(), "50 100.0 ['day']");
 }
 
 #[test]

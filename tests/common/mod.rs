@@ -43,6 +43,21 @@ pub fn tribe(dir: &Path) -> Command {
     cmd
 }
 
+/// Runs a Python script with the test tools installed; returns its stdout, failing with its
+/// stderr.
+pub fn python_run(script: &str) -> Vec<u8> {
+    let out = Command::new(python())
+        .args(["-c", script])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Runs a command and returns its output, printing it when it fails unexpectedly.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("tribe runs")
