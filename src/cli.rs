@@ -546,6 +546,8 @@ fn print_demo(r: &tribe::demo::DemoReport, out: &mut dyn Write) -> std::io::Resu
         out,
         "  tribe segment compile abandoned_carts --as-of {as_of} --dialect duckdb"
     )?;
+    writeln!(out, "  tribe export list")?;
+    writeln!(out, "  tribe export run vip_google --as-of {as_of}")?;
     if let Some(id) = &r.example_identifier {
         writeln!(
             out,
