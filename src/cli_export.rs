@@ -131,8 +131,8 @@ pub async fn schedule(
     }
 }
 
-/// `tribe serve --scheduler`: runs due exports, then sleeps until the next scheduled time or
-/// retry (at most a minute, so edits to the exports are picked up), until interrupted. Each
+/// `tribe serve --scheduler`: runs due exports, then sleeps until the next scheduled time (at
+/// most a minute, so retries and edits to the exports are picked up), until interrupted. Each
 /// run is logged as a JSON line on stdout.
 pub async fn serve_scheduler(
     open: impl Fn() -> Result<Workspace>,
@@ -153,9 +153,7 @@ pub async fn serve_scheduler(
             }
             Err(e) => eprintln!("error: scheduler: {e}"),
         }
-        let next = tribe::schedule::next_wake(&ws, Utc::now())
-            .await
-            .unwrap_or(None);
+        let next = tribe::schedule::next_scheduled(&ws, Utc::now()).unwrap_or(None);
         let cap = Utc::now() + chrono::Duration::seconds(60);
         let wake = next.map_or(cap, |n| n.min(cap));
         let wait = (wake - Utc::now()).to_std().unwrap_or_default();

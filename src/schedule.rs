@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::export::ExportConfig;
 use crate::export::run::{RunRequest, run};
-use crate::export::runs::{RunRow, Runs, status};
+use crate::export::runs::{RunRow, Runs, status, time_text};
 use crate::workspace::Workspace;
 
 /// At most this many missed times are run in one pass; the rest come in the next.
@@ -123,7 +123,7 @@ pub fn due(schedule: &Schedule, def: &ExportConfig, latest: &[RunRow], now: Date
         // A run in progress is left alone; one whose process died is run again (the run first
         // finds out whether the dead one got as far as delivering).
         let running = rows.iter().find(|r| r.status == status::RUNNING);
-        if running.is_some_and(|r| !claim_dead(r, now)) {
+        if running.is_some_and(|r| !crate::export::runs::claim_dead(r, now)) {
             continue;
         }
         let attempts = rows.iter().map(|r| r.attempt).max().unwrap_or(0);
@@ -159,14 +159,6 @@ pub fn due(schedule: &Schedule, def: &ExportConfig, latest: &[RunRow], now: Date
     due
 }
 
-/// Whether a `running` row's process is gone: checked directly on this host, by the lease
-/// for other hosts.
-pub fn claim_dead(r: &RunRow, now: DateTime<Utc>) -> bool {
-    crate::export::runs::owner_dead(&r.owner).unwrap_or_else(|| {
-        now.timestamp_micros() - r.recorded_at > crate::export::run::LEASE_SECONDS * 1_000_000
-    })
-}
-
 /// One line of a `schedule run` report.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScheduledRun {
@@ -182,8 +174,20 @@ pub struct ScheduledRun {
     pub detail: String,
 }
 
-fn text(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+impl ScheduledRun {
+    fn new(export: &str, t: DateTime<Utc>, outcome: &str, attempt: i64, detail: String) -> Self {
+        ScheduledRun {
+            export: export.to_string(),
+            scheduled_for: time_text(t.timestamp_micros()),
+            outcome: outcome.to_string(),
+            attempt,
+            run_id: String::new(),
+            audience: None,
+            adds: None,
+            removes: None,
+            detail,
+        }
+    }
 }
 
 /// Runs every export run that is due at `now`, in order of export and time.
@@ -195,113 +199,74 @@ pub async fn run_due(ws: &Workspace, now: DateTime<Utc>) -> Result<Vec<Scheduled
         };
         let mut runs = Runs::load(&ws.storage, name).await?;
         let due = due(&schedule, def, &runs.latest(), now);
-        if !due.skip.is_empty() {
-            let rows: Vec<RunRow> = due
-                .skip
-                .iter()
-                .map(|t| RunRow {
-                    export: name.clone(),
-                    run_id: format!("{}-skipped", t.format("%Y%m%dT%H%M%SZ")),
-                    status: status::SKIPPED.into(),
-                    trigger: "schedule".into(),
-                    scheduled_for: Some(t.timestamp_micros()),
-                    as_of: t.timestamp_micros(),
-                    attempt: 0,
-                    owner: crate::export::runs::owner(),
-                    recorded_at: now.timestamp_micros(),
-                    error: Some("missed while nothing was running (missed = \"latest\")".into()),
-                    ..Default::default()
-                })
-                .collect();
-            // A conflict means another scheduler is on it; it records them.
-            if runs.append(&ws.storage, &rows).await? {
-                for t in &due.skip {
-                    report.push(ScheduledRun {
-                        export: name.clone(),
-                        scheduled_for: text(*t),
-                        outcome: "skipped".into(),
-                        attempt: 0,
-                        run_id: String::new(),
-                        audience: None,
-                        adds: None,
-                        removes: None,
-                        detail: "missed; only the latest missed time runs".into(),
-                    });
-                }
-            }
-        }
-        for (t, retry) in &due.waiting {
-            report.push(ScheduledRun {
+        let skipped: Vec<RunRow> = due
+            .skip
+            .iter()
+            .map(|t| RunRow {
                 export: name.clone(),
-                scheduled_for: text(*t),
-                outcome: "waiting".into(),
+                run_id: format!("{}-skipped", t.format("%Y%m%dT%H%M%SZ")),
+                status: status::SKIPPED.into(),
+                trigger: "schedule".into(),
+                scheduled_for: Some(t.timestamp_micros()),
+                as_of: t.timestamp_micros(),
                 attempt: 0,
-                run_id: String::new(),
-                audience: None,
-                adds: None,
-                removes: None,
-                detail: format!("failed; next attempt at {}", text(*retry)),
-            });
+                owner: crate::export::runs::owner(),
+                recorded_at: now.timestamp_micros(),
+                error: Some("missed while nothing was running (missed = \"latest\")".into()),
+                ..Default::default()
+            })
+            .collect();
+        // A conflict means another scheduler is on it; it records them.
+        if runs.append(&ws.storage, &skipped).await? {
+            report.extend(due.skip.iter().map(|t| {
+                let detail = "missed; only the latest missed time runs".to_string();
+                ScheduledRun::new(name, *t, "skipped", 0, detail)
+            }));
         }
+        report.extend(due.waiting.iter().map(|(t, retry)| {
+            let detail = format!(
+                "failed; next attempt at {}",
+                time_text(retry.timestamp_micros())
+            );
+            ScheduledRun::new(name, *t, "waiting", 0, detail)
+        }));
         for (t, attempt) in due.run {
             let req = RunRequest {
                 as_of: t,
                 scheduled_for: Some(t),
                 attempt,
             };
-            let line = match run(ws, name, &req).await {
+            report.push(match run(ws, name, &req).await {
                 Ok(o) => ScheduledRun {
-                    export: name.clone(),
-                    scheduled_for: text(t),
-                    outcome: o.status,
-                    attempt,
                     run_id: o.run_id,
                     audience: Some(o.audience),
                     adds: Some(o.adds),
                     removes: Some(o.removes),
-                    detail: o.destination,
+                    ..ScheduledRun::new(name, t, &o.status, attempt, o.destination)
                 },
-                Err(e) => ScheduledRun {
-                    export: name.clone(),
-                    scheduled_for: text(t),
-                    outcome: if matches!(e, Error::Busy(_)) {
+                Err(e) => {
+                    let outcome = if matches!(e, Error::Busy(_)) {
                         "in progress"
                     } else {
                         "failed"
-                    }
-                    .into(),
-                    attempt,
-                    run_id: String::new(),
-                    audience: None,
-                    adds: None,
-                    removes: None,
-                    detail: e.to_string(),
-                },
-            };
-            report.push(line);
+                    };
+                    ScheduledRun::new(name, t, outcome, attempt, e.to_string())
+                }
+            });
         }
     }
     Ok(report)
 }
 
-/// When the scheduler should look again: the next scheduled time or retry of any export.
-pub async fn next_wake(ws: &Workspace, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+/// The next scheduled time of any export after `now`. Retries are not in it: a serving
+/// scheduler looks again at least every minute, which finds them.
+pub fn next_scheduled(ws: &Workspace, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
     let mut next: Option<DateTime<Utc>> = None;
-    let mut consider = |t: DateTime<Utc>| {
-        if next.is_none_or(|n| t < n) {
+    for def in ws.config.exports.values() {
+        if let Some(t) = Schedule::of(def)?.and_then(|s| s.next_after(now))
+            && next.is_none_or(|n| t < n)
+        {
             next = Some(t);
-        }
-    };
-    for (name, def) in &ws.config.exports {
-        let Some(schedule) = Schedule::of(def)? else {
-            continue;
-        };
-        if let Some(t) = schedule.next_after(now) {
-            consider(t);
-        }
-        let runs = Runs::load(&ws.storage, name).await?;
-        for (_, retry) in due(&schedule, def, &runs.latest(), now).waiting {
-            consider(retry);
         }
     }
     Ok(next)
@@ -340,7 +305,10 @@ mod tests {
         let s = Schedule::of(&d).unwrap().unwrap();
         // 06:00 in Berlin is 04:00 UTC in summer and 05:00 UTC in winter; DST ended 2026-10-25.
         let times = s.between(t("2026-10-23T12:00:00Z"), t("2026-10-27T12:00:00Z"), 10);
-        let got: Vec<String> = times.iter().map(|x| text(*x)).collect();
+        let got: Vec<String> = times
+            .iter()
+            .map(|x| time_text(x.timestamp_micros()))
+            .collect();
         assert_eq!(
             got,
             [

@@ -126,6 +126,24 @@ pub fn new_context(memory_mb: usize) -> Result<SessionContext> {
     Ok(ctx)
 }
 
+/// A SQL string literal, for SQL text the library builds itself.
+pub fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A SQL identifier, quoted.
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A SQL timestamp literal (UTC).
+pub fn ts(at: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "CAST({} AS TIMESTAMP)",
+        lit(&at.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+    )
+}
+
 /// Runs one SQL statement and streams its result.
 pub async fn run(ctx: &SessionContext, query: &str) -> Result<SendableRecordBatchStream> {
     let df = ctx.sql(query).await?;

@@ -252,7 +252,23 @@ fn presets_hash_exactly_and_consent_withdrawal_becomes_a_remove() {
     let line = std::fs::read_to_string(p.join("audience-00000.jsonl")).unwrap();
     let row: Value = serde_json::from_str(line.trim()).unwrap();
     assert!(row["profile_id"].is_string());
-    assert_eq!(row["mail"].as_str().unwrap().len(), 64);
+    // normalize = "email", hash = "sha256": the generic option, without Google's Gmail rule.
+    let mails: BTreeSet<String> = (0..2)
+        .map(|i| {
+            let text = std::fs::read_to_string(p.join(format!("audience-0000{i}.jsonl"))).unwrap();
+            let row: Value = serde_json::from_str(text.trim()).unwrap();
+            row["mail"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        mails,
+        BTreeSet::from([
+            // ana.lopez@gmail.com
+            "0f3eeee33c9320756090d5cf8880492aa3553f0231b24a39d7fcfd12eeb2cd2a".to_string(),
+            // bob@example.com
+            "5ff860bf1190596c7188ab851db691f0f3169c453936e9e1eba2f9a47f7a0018".into(),
+        ])
+    );
 
     // An empty segment still delivers: an empty Parquet file and a manifest saying 0.
     let empty = run_export(dir, "empty");
@@ -325,8 +341,16 @@ fn bad_export_definitions_and_names_say_what_is_wrong() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `typo`"));
     // Nothing was written for a run that could not start.
     assert!(!dir.join("data/audiences").exists());
-    // A definition in exports/*.toml is checked when the workspace opens.
+    // Definitions in exports/*.toml are read with those of tribe.toml, and checked when the
+    // workspace opens.
     std::fs::create_dir_all(dir.join("exports")).unwrap();
+    write(
+        &dir.join("exports"),
+        "from_file.toml",
+        "segment = \"everyone\"\ncolumns = [\"email\"]\n",
+    );
+    let o = run_export(dir, "from_file");
+    assert_eq!(o["audience"], 4);
     write(
         &dir.join("exports"),
         "bad.toml",
@@ -597,4 +621,54 @@ fn serve_scheduler_fires_due_exports_and_logs_each_run() {
         ),
         1
     );
+}
+
+#[test]
+fn the_demo_exports_run_as_shipped_and_respect_consent() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(tribe(tmp.path()).args([
+        "demo",
+        "d",
+        "--people",
+        "300",
+        "--seed",
+        "5",
+        "--no-sources",
+    ]));
+    let dir = tmp.path().join("d");
+    let list = ok(tribe(&dir).args(["export", "list", "--format", "json"]));
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["export"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["churn_risk_meta", "vip_google", "winback_email"]);
+    for name in &names {
+        let o = run_export(&dir, name);
+        assert_eq!(o["status"], "delivered", "{o}");
+    }
+    // The plain CSV went to the workspace's outbox; everyone in it agreed to e-mail.
+    let winback = std::fs::read_dir(dir.join("outbox/winback_email"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let run = std::fs::read_dir(&winback)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let file = run.join("audience-00000.csv");
+    let query = |cond: &str| {
+        format!(
+            "select count(*) from '{}' a join profiles p using (profile_id) where {cond}",
+            file.display()
+        )
+    };
+    assert!(sql_count(&dir, &query("true")) > 0);
+    assert_eq!(sql_count(&dir, &query("p.consent_email is not true")), 0);
 }

@@ -16,6 +16,16 @@ fn within(got: f64, want: f64, rel: f64, what: &str) {
     );
 }
 
+/// Ingests JSON lines of events into the workspace in `dir`, resolves, computes traits as of
+/// `as_of`, and returns the compute report.
+fn compute_from_events(dir: &Path, events: &str, as_of: &str) -> serde_json::Value {
+    let file = common::write(dir, "events.jsonl", events);
+    ok(tribe(dir).args(["ingest", "events", file.to_str().unwrap()]));
+    ok(tribe(dir).args(["resolve"]));
+    let out = ok(tribe(dir).args(["traits", "compute", "--as-of", as_of, "--format", "json"]));
+    serde_json::from_str(&out).unwrap()
+}
+
 #[test]
 fn cdnow_sample_reproduces_the_published_fits() {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/cdnow/CDNOW_sample.txt");
@@ -285,18 +295,7 @@ fn cdnow_repurchase_propensity_reaches_the_published_auc() {
         ));
         lines.push('\n');
     }
-    let file = common::write(dir.path(), "cdnow.jsonl", &lines);
-    ok(tribe(dir.path()).args(["ingest", "events", file.to_str().unwrap()]));
-    ok(tribe(dir.path()).args(["resolve"]));
-    let out = ok(tribe(dir.path()).args([
-        "traits",
-        "compute",
-        "--as-of",
-        "1998-06-30T00:00:00Z",
-        "--format",
-        "json",
-    ]));
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let report = compute_from_events(dir.path(), &lines, "1998-06-30T00:00:00Z");
     assert_eq!(report["profiles"], 23570, "{report}");
     let model = &report["models"][0];
     assert_eq!(model["name"], "repurchase_39w");
@@ -351,18 +350,7 @@ fn purchases_in_other_currencies_are_skipped_and_counted() {
         order("o4", "bo", "2026-05-03", 5.0, "EUR"),
         order("o5", "cy", "2026-05-04", 7.0, "USD"),
     ];
-    let file = common::write(dir.path(), "orders.jsonl", &(lines.join("\n") + "\n"));
-    ok(tribe(dir.path()).args(["ingest", "events", file.to_str().unwrap()]));
-    ok(tribe(dir.path()).args(["resolve"]));
-    let out = ok(tribe(dir.path()).args([
-        "traits",
-        "compute",
-        "--as-of",
-        "2026-06-01",
-        "--format",
-        "json",
-    ]));
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let report = compute_from_events(dir.path(), &(lines.join("\n") + "\n"), "2026-06-01");
     assert_eq!(report["other_currency"], 2, "{report}");
     assert_eq!(report["buyers"], 2, "{report}");
     assert_eq!(report["transactions"], 3, "{report}");

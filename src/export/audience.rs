@@ -3,12 +3,13 @@
 //! consent never reaches a file), and the columns normalised and hashed in SQL.
 //!
 //! The SQL is assembled from fixed templates; the only names in it are column names that were
-//! found in the tables' schemas (and are quoted), so no user text is pasted into it.
+//! found in the tables' schemas, quoted with `sql::ident`, so no user text is pasted into it.
 
 use arrow::datatypes::Schema;
 
 use super::definition::{ColumnConfig, ExportConfig, Normalize};
 use crate::segment::diag::closest;
+use crate::sql::ident;
 
 /// The name of the profile id column in audience results and state files; not written to the
 /// export's files.
@@ -82,30 +83,21 @@ fn columns_of(def: &ExportConfig) -> Vec<Column> {
     }
     def.columns
         .iter()
-        .map(|c| match c {
-            ColumnConfig::Field(f) => Column {
-                name: f.clone(),
-                from: f.clone(),
-                normalize: None,
-                hash: false,
+        .map(|c| {
+            let (normalize, hash) = match c {
+                ColumnConfig::Field(_) => (None, false),
+                ColumnConfig::Spec(s) => (s.normalize, s.hash.is_some()),
+            };
+            Column {
+                name: c.output_name().to_string(),
+                from: c.source().to_string(),
+                normalize,
+                hash,
                 identifier: false,
                 optional: false,
-            },
-            ColumnConfig::Spec(s) => Column {
-                name: s.name.clone().unwrap_or_else(|| s.from.clone()),
-                from: s.from.clone(),
-                normalize: s.normalize,
-                hash: s.hash.is_some(),
-                identifier: false,
-                optional: false,
-            },
+            }
         })
         .collect()
-}
-
-/// A quoted SQL identifier.
-pub fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The SQL of a normalisation of text `x`; empty results become null (the hash of an empty
@@ -141,16 +133,16 @@ pub fn plan(
     traits: Option<&Schema>,
 ) -> Result<Audience, String> {
     let mut notes = Vec::new();
-    let mut select = vec![format!("p.profile_id AS {}", quote(PROFILE_ID))];
+    let mut select = vec![format!("p.profile_id AS {}", ident(PROFILE_ID))];
     let mut names = Vec::new();
     let mut identifiers = Vec::new();
     let mut uses_traits = false;
     for c in columns_of(def) {
         let source = if profiles.field_with_name(&c.from).is_ok() {
-            Some(format!("p.{}", quote(&c.from)))
+            Some(format!("p.{}", ident(&c.from)))
         } else if traits.is_some_and(|t| t.field_with_name(&c.from).is_ok()) {
             uses_traits = true;
-            Some(format!("t.{}", quote(&c.from)))
+            Some(format!("t.{}", ident(&c.from)))
         } else {
             None
         };
@@ -199,14 +191,14 @@ pub fn plan(
         if names.contains(&c.name) || c.name == PROFILE_ID {
             return Err(format!("column {:?} appears twice", c.name));
         }
-        select.push(format!("{expr} AS {}", quote(&c.name)));
+        select.push(format!("{expr} AS {}", ident(&c.name)));
         names.push(c.name);
     }
     let mut conditions = Vec::new();
     if let Some(channel) = &def.consent {
         let column = format!("consent_{channel}");
         if profiles.field_with_name(&column).is_ok() {
-            conditions.push(format!("p.{} IS TRUE", quote(&column)));
+            conditions.push(format!("p.{} IS TRUE", ident(&column)));
         } else {
             notes.push(format!(
                 "no profile has stated consent for {channel:?}, so nobody is exported"

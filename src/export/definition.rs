@@ -69,6 +69,24 @@ pub enum ColumnConfig {
     Spec(ColumnSpec),
 }
 
+impl ColumnConfig {
+    /// The profile field or trait it reads.
+    pub fn source(&self) -> &str {
+        match self {
+            ColumnConfig::Field(f) => f,
+            ColumnConfig::Spec(s) => &s.from,
+        }
+    }
+
+    /// Its name in the files.
+    pub fn output_name(&self) -> &str {
+        match self {
+            ColumnConfig::Field(f) => f,
+            ColumnConfig::Spec(s) => s.name.as_deref().unwrap_or(&s.from),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnSpec {

@@ -38,12 +38,6 @@ pub struct ExportInfo {
     pub next_run: String,
 }
 
-fn text(us: i64) -> String {
-    DateTime::<Utc>::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
-
 /// Every export with its schedule, last run and next run.
 pub async fn list(ws: &Workspace, now: DateTime<Utc>) -> Result<Vec<ExportInfo>> {
     let table = ws.storage.open(&runs::spec()).await?;
@@ -63,10 +57,7 @@ pub async fn list(ws: &Workspace, now: DateTime<Utc>) -> Result<Vec<ExportInfo>>
             None => def
                 .columns
                 .iter()
-                .map(|c| match c {
-                    definition::ColumnConfig::Field(f) => f.clone(),
-                    definition::ColumnConfig::Spec(s) => s.name.clone().unwrap_or(s.from.clone()),
-                })
+                .map(|c| c.output_name())
                 .collect::<Vec<_>>()
                 .join(", "),
         };
@@ -85,10 +76,12 @@ pub async fn list(ws: &Workspace, now: DateTime<Utc>) -> Result<Vec<ExportInfo>>
                 .unwrap_or_default(),
             last_run: last.map(|r| r.run_id.clone()).unwrap_or_default(),
             last_status: last.map(|r| r.status.clone()).unwrap_or_default(),
-            last_at: last.map(|r| text(r.recorded_at)).unwrap_or_default(),
+            last_at: last
+                .map(|r| runs::time_text(r.recorded_at))
+                .unwrap_or_default(),
             next_run: schedule
                 .and_then(|s| s.next_after(now))
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .map(|t| runs::time_text(t.timestamp_micros()))
                 .unwrap_or_default(),
         });
     }
@@ -129,15 +122,15 @@ pub async fn history(ws: &Workspace, name: &str) -> Result<Vec<HistoryRow>> {
         .map(|r| HistoryRow {
             run_id: r.run_id,
             trigger: r.trigger,
-            scheduled_for: r.scheduled_for.map(text).unwrap_or_default(),
-            as_of: text(r.as_of),
+            scheduled_for: r.scheduled_for.map(runs::time_text).unwrap_or_default(),
+            as_of: runs::time_text(r.as_of),
             status: r.status,
             attempt: r.attempt,
             audience: r.audience,
             adds: r.adds,
             removes: r.removes,
             files: r.files,
-            recorded_at: text(r.recorded_at),
+            recorded_at: runs::time_text(r.recorded_at),
             destination: r.destination.unwrap_or_default(),
             error: r.error.unwrap_or_default(),
         })

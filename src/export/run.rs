@@ -23,14 +23,10 @@ use sha2::{Digest, Sha256};
 use super::audience;
 use super::definition::ExportConfig;
 use super::files::{self, Location, MANIFEST, Manifest};
-use super::runs::{self, RunRow, Runs, status};
+use super::runs::{self, RunRow, Runs, status, time_text};
 use crate::error::{Error, Result};
 use crate::segment::{Dialect, Segments};
 use crate::workspace::Workspace;
-
-/// A claim older than this whose process cannot be checked (it ran on another host) is taken
-/// to be dead.
-pub const LEASE_SECONDS: i64 = 3600;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -162,12 +158,6 @@ fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn time_text(us: i64) -> String {
-    DateTime::<Utc>::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
-
 /// The folder holding the state (delivered rows with their profile ids) of export `name`.
 fn state_location(ws: &Workspace, name: &str) -> Result<Location> {
     Location::resolve(ws.storage.root(), &format!("export_state/{name}/"))
@@ -210,7 +200,7 @@ pub async fn run(ws: &Workspace, name: &str, req: &RunRequest) -> Result<RunOutc
         let mut conflict = false;
         let mut recovered = Vec::new();
         for r in runs.latest().iter().filter(|r| r.status == status::RUNNING) {
-            if !crate::schedule::claim_dead(r, Utc::now()) {
+            if !runs::claim_dead(r, Utc::now()) {
                 return Err(Error::Busy(format!(
                     "export {name}: run {} is in progress (started {} by {})",
                     r.run_id,
@@ -479,14 +469,10 @@ async fn deliver(
     let (encoded, state_bytes) = (encoded?, state_bytes?);
     phase("encode");
     // All files at once: the object store takes them in parallel, and the state with them.
-    let mut puts = Vec::new();
-    for (entry, bytes) in encoded.into_iter().flatten() {
-        puts.push((entry, bytes));
-    }
     let state_name = format!("{}.parquet", claim.run_id);
     let mut entries = Vec::new();
     let mut pending = Vec::new();
-    for (i, (entry, bytes)) in puts.into_iter().enumerate() {
+    for (i, (entry, bytes)) in encoded.into_iter().flatten().enumerate() {
         if i == 0 {
             // The first file alone, so that a crash test can stop between files.
             dest.put(&entry.name, bytes).await?;
@@ -561,6 +547,10 @@ fn diff(
     current: &[RecordBatch],
     before: &[RecordBatch],
 ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+    if before.is_empty() {
+        // A first run: everyone is an add, and nobody can be removed.
+        return Ok((current.to_vec(), Vec::new()));
+    }
     let now_ids = ids(current)?;
     let before_ids = ids(before)?;
     let (now_set, before_set) = (id_set(&now_ids), id_set(&before_ids));

@@ -12,14 +12,12 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimestampMicrosecondType};
 use deltalake::DeltaTable;
-use deltalake::kernel::Action;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use object_store::ObjectStoreExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::sql::lit;
 use crate::storage::schema::timestamp_type;
-use crate::storage::{CommitFailure, Storage, TableSpec, writer_properties};
+use crate::storage::{Storage, TableSpec};
 
 pub const TABLE: &str = "export_runs";
 
@@ -218,35 +216,14 @@ impl Runs {
         let Some(export) = rows.first().map(|r| r.export.clone()) else {
             return Ok(true);
         };
-        let mut writer = RecordBatchWriter::for_table(&self.table)
-            .map_err(|e| Error::delta(TABLE, e))?
-            .with_writer_properties(writer_properties());
-        writer
-            .write(to_batch(rows)?)
-            .await
-            .map_err(|e| Error::delta(TABLE, e))?;
-        let adds = writer.flush().await.map_err(|e| Error::delta(TABLE, e))?;
-        let actions = adds.iter().cloned().map(Action::Add).collect();
-        let predicate = format!("export = '{export}'");
-        match storage
-            .commit(&mut self.table, actions, Some(predicate), HashMap::new())
-            .await
-        {
-            Ok(_) => {
-                self.rows.extend_from_slice(rows);
-                Ok(true)
-            }
-            Err(CommitFailure::Conflict) => {
-                let store = self.table.object_store();
-                for add in &adds {
-                    let _ = store
-                        .delete(&deltalake::Path::from(add.path.as_str()))
-                        .await;
-                }
-                Ok(false)
-            }
-            Err(CommitFailure::Failed(e)) => Err(e),
+        let predicate = format!("export = {}", lit(&export));
+        let done = storage
+            .append_checked(&mut self.table, to_batch(rows)?, predicate)
+            .await?;
+        if done {
+            self.rows.extend_from_slice(rows);
         }
+        Ok(done)
     }
 }
 
@@ -255,7 +232,7 @@ pub async fn read(table: &DeltaTable, export: Option<&str>) -> Result<Vec<RunRow
     let ctx = datafusion::prelude::SessionContext::new();
     crate::sql::register(&ctx, TABLE, table, None).await?;
     let filter = export
-        .map(|e| format!(" WHERE export = '{}'", e.replace('\'', "''")))
+        .map(|e| format!(" WHERE export = {}", lit(e)))
         .unwrap_or_default();
     let batches = ctx
         .sql(&format!(
@@ -308,6 +285,24 @@ pub fn owner_dead(owner: &str) -> Option<bool> {
         return None;
     }
     Some(start_ticks(pid) != Some(start))
+}
+
+/// A claim older than this whose process cannot be checked (it ran on another host) is taken
+/// to be dead.
+pub const LEASE_SECONDS: i64 = 3600;
+
+/// Whether a `running` row's process is gone: checked directly on this host, by the lease for
+/// other hosts.
+pub fn claim_dead(r: &RunRow, now: chrono::DateTime<chrono::Utc>) -> bool {
+    owner_dead(&r.owner)
+        .unwrap_or_else(|| now.timestamp_micros() - r.recorded_at > LEASE_SECONDS * 1_000_000)
+}
+
+/// A time of the table (microseconds, UTC) as RFC 3339 text to the second.
+pub fn time_text(us: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ use deltalake::DeltaTable;
 use deltalake::kernel::{Action, Add};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
-use object_store::ObjectStoreExt;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::{CommitFailure, Storage, TARGET_FILE_SIZE, TableSpec, writer_properties};
@@ -258,11 +257,7 @@ impl Append {
     /// stay behind are unreferenced, invisible, and removed by `maintain`.
     pub async fn abort(mut self) {
         let _ = self.flush().await;
-        let store = self.table.object_store();
-        for add in &self.adds {
-            let path = deltalake::Path::from(add.path.as_str());
-            let _ = store.delete(&path).await;
-        }
+        super::delete_files(&self.table, &self.adds).await;
     }
 
     /// Commits everything written in one table version.
@@ -332,7 +327,7 @@ fn table_is_empty(table: &DeltaTable, name: &str) -> Result<bool> {
     Ok(snapshot.log_data().num_files() == 0)
 }
 
-fn new_writer(table: &DeltaTable, name: &str) -> Result<RecordBatchWriter> {
+pub(super) fn new_writer(table: &DeltaTable, name: &str) -> Result<RecordBatchWriter> {
     Ok(RecordBatchWriter::for_table(table)
         .map_err(|e| Error::delta(name, e))?
         .with_writer_properties(writer_properties())

@@ -216,6 +216,38 @@ impl Storage {
         }
     }
 
+    /// Appends `batch` in one commit that declares `read_predicate` (SQL over partition
+    /// columns) as read: `Ok(false)`, with the written files removed, when another writer
+    /// committed matching data since `table` was loaded. Decisions made from what was read can
+    /// then be made again on the new version; this is how a row can act as a lock.
+    pub async fn append_checked(
+        &self,
+        table: &mut DeltaTable,
+        batch: arrow::array::RecordBatch,
+        read_predicate: String,
+    ) -> Result<bool> {
+        use deltalake::writer::DeltaWriter;
+        let name = table_name(table);
+        let mut writer = append::new_writer(table, &name)?;
+        writer
+            .write(batch)
+            .await
+            .map_err(|e| Error::delta(&name, e))?;
+        let adds = writer.flush().await.map_err(|e| Error::delta(&name, e))?;
+        let actions = adds.iter().cloned().map(Action::Add).collect();
+        match self
+            .commit(table, actions, Some(read_predicate), HashMap::new())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(CommitFailure::Conflict) => {
+                delete_files(table, &adds).await;
+                Ok(false)
+            }
+            Err(CommitFailure::Failed(e)) => Err(e),
+        }
+    }
+
     /// Writes `batches` as one commit: appended to the table, or replacing its rows (and its
     /// schema, with `Replace`). Readers see the old version or the new one, never a mix.
     pub async fn write(
@@ -303,6 +335,18 @@ fn is_missing_table(e: &DeltaTableError) -> bool {
         e,
         DeltaTableError::NotATable(_) | DeltaTableError::InvalidTableLocation(_)
     )
+}
+
+/// Deletes data files that no commit references (written by a commit that did not happen).
+/// Best effort: files that stay behind are invisible, and `maintain` removes them.
+async fn delete_files(table: &DeltaTable, adds: &[Add]) {
+    use object_store::ObjectStoreExt;
+    let store = table.object_store();
+    for add in adds {
+        let _ = store
+            .delete(&deltalake::Path::from(add.path.as_str()))
+            .await;
+    }
 }
 
 /// Data files aim at this size; `maintain` compacts small ones up to it.

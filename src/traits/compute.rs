@@ -17,10 +17,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::sql::{lit, ts};
 use crate::storage::schema::timestamp_type;
 use crate::storage::{TableSpec, WriteMode};
 use crate::traits::btyd::{self, BgNbd, GammaGamma, History};
-use crate::traits::features::{self, Purchases, lit, ts};
+use crate::traits::features::{self, Purchases};
 use crate::traits::propensity::{self, Trained};
 use crate::traits::rfm;
 use crate::workspace::Workspace;

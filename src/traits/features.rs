@@ -13,6 +13,7 @@ use datafusion::prelude::SessionContext;
 use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::error::Result;
+use crate::sql::{ident, lit, ts};
 
 const DAY_US: i64 = 86_400_000_000;
 /// Event types with their own features: the most frequent ones.
@@ -55,24 +56,6 @@ pub struct Purchases {
     pub recency_days: f64,
     pub p_alive: Option<f64>,
     pub expected: Option<f64>,
-}
-
-/// A SQL string literal.
-pub fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// A SQL identifier, quoted.
-pub fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// A SQL timestamp literal (UTC).
-pub fn ts(at: DateTime<Utc>) -> String {
-    format!(
-        "CAST({} AS TIMESTAMP)",
-        lit(&at.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
-    )
 }
 
 fn date(at: DateTime<Utc>) -> String {

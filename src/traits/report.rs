@@ -117,7 +117,7 @@ pub async fn report(ws: &Workspace) -> Result<Report> {
     if !numeric.is_empty() {
         let select: Vec<String> = numeric
             .iter()
-            .map(|n| format!("CAST({} AS DOUBLE)", crate::traits::features::ident(n)))
+            .map(|n| format!("CAST({} AS DOUBLE)", crate::sql::ident(n)))
             .collect();
         let batches = ctx
             .sql(&format!("SELECT {} FROM traits", select.join(", ")))
