@@ -347,6 +347,22 @@ pub fn files_of(
         .collect()
 }
 
+/// The same files as another kind (`adds-00000.csv` for `audience-00000.csv`).
+pub fn renamed(files: &Encoded, kind: &str) -> Encoded {
+    files
+        .iter()
+        .map(|(e, bytes)| {
+            let part = e.name.split_once('-').map_or("", |(_, rest)| rest);
+            let entry = FileEntry {
+                name: format!("{kind}-{part}"),
+                kind: kind.to_string(),
+                ..e.clone()
+            };
+            (entry, bytes.clone())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

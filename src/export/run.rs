@@ -443,26 +443,27 @@ async fn deliver(
         (strip(&current)?, strip(&adds)?, strip(&removes)?);
     let count = |b: &[RecordBatch]| b.iter().map(|b| b.num_rows() as u64).sum::<u64>();
     let def = &p.def;
-    let kinds = [
-        ("audience", &audience_rows),
-        ("adds", &adds_rows),
-        ("removes", &removes_rows),
-    ];
+    let encode = |kind: &str, rows: &[RecordBatch]| {
+        files::files_of(
+            kind,
+            &def.format,
+            def.extension(),
+            &out_schema,
+            rows,
+            def.max_rows_per_file,
+        )
+    };
     let (encoded, state_bytes) = rayon::join(
         || -> Result<Vec<files::Encoded>> {
-            kinds
-                .iter()
-                .map(|(kind, rows)| {
-                    files::files_of(
-                        kind,
-                        &def.format,
-                        def.extension(),
-                        &out_schema,
-                        rows,
-                        def.max_rows_per_file,
-                    )
-                })
-                .collect()
+            let audience = encode("audience", &audience_rows)?;
+            // Adds are a subset of the audience in the same order: when they are all of it (a
+            // first run), their files are the audience's bytes under other names.
+            let adds = if count(&adds_rows) == count(&audience_rows) {
+                files::renamed(&audience, "adds")
+            } else {
+                encode("adds", &adds_rows)?
+            };
+            Ok(vec![audience, adds, encode("removes", &removes_rows)?])
         },
         || files::encode_state(&schema, &current),
     );
