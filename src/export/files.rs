@@ -99,15 +99,7 @@ impl Location {
         })
     }
 
-    /// A location below this one.
-    pub fn child(&self, name: &str) -> Location {
-        Location {
-            store: self.store.clone(),
-            prefix: self.path(name),
-            url: format!("{}{}/", self.url, name.trim_matches('/')),
-        }
-    }
-
+    /// The store path of an object in this folder.
     pub fn path(&self, name: &str) -> StorePath {
         name.split('/')
             .filter(|p| !p.is_empty())

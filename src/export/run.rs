@@ -249,10 +249,9 @@ pub async fn run(ws: &Workspace, name: &str, req: &RunRequest) -> Result<RunOutc
         round3(started.elapsed().as_secs_f64()),
     )];
     match deliver(ws, &p, &claim, &runs, &dest, &mut phases).await {
-        Ok((row, notes)) => {
+        Ok(row) => {
             append_until_done(ws, &mut runs, &row).await?;
             let mut outcome = outcome_of(&row, &p, status::DELIVERED, started);
-            outcome.notes = notes;
             outcome.phases = phases;
             Ok(outcome)
         }
@@ -398,13 +397,12 @@ async fn deliver(
     runs: &Runs,
     dest: &Location,
     phases: &mut Vec<(String, f64)>,
-) -> Result<(RunRow, Vec<String>)> {
+) -> Result<RunRow> {
     let mut lap = Instant::now();
     let mut phase = |name: &str| {
         phases.push((name.to_string(), round3(lap.elapsed().as_secs_f64())));
         lap = Instant::now();
     };
-    let notes = p.audience.notes.clone();
     let df = p.segments.ctx.sql(&p.audience.sql).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let current = df.collect().await?;
@@ -514,7 +512,7 @@ async fn deliver(
     row.removes = Some(manifest.removes as i64);
     row.files = Some(manifest.files.len() as i64);
     row.previous_run = manifest.previous_run.clone();
-    Ok((row, notes))
+    Ok(row)
 }
 
 fn without_id(schema: &Schema) -> Schema {
