@@ -121,17 +121,34 @@ enum Command {
     /// Scheduled exports: run what is due.
     #[command(subcommand)]
     Schedule(crate::cli_export::ScheduleCommand),
-    /// Long-running services: the export scheduler.
+    /// Long-running services: the Segment-compatible collector, the Postgres-protocol SQL
+    /// endpoint and the export scheduler. SIGTERM or Ctrl-C stops them gracefully.
     Serve {
-        /// Run exports on their schedules until stopped.
+        /// Run the event collector (HTTP); ADDR defaults to [serve] collector (127.0.0.1:8088).
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
+        collector: Option<String>,
+        /// Run the SQL endpoint (Postgres protocol); ADDR defaults to [serve] pg (127.0.0.1:5433).
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
+        pg: Option<String>,
+        /// Run exports on their schedules; each run is printed as a JSON line on stdout.
         #[arg(long)]
         scheduler: bool,
+        /// Log format on stderr (RUST_LOG filters, default warn,tribe=info).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
     /// List the tables of the workspace with their versions and file counts.
     Tables {
         #[command(flatten)]
         format: FormatArg,
     },
+}
+
+/// How `tribe serve` writes its logs.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -354,14 +371,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Traits(command) => crate::cli_traits::run(command, &cwd, open, &mut out).await,
         Command::Export(command) => crate::cli_export::export(command, open, &mut out).await,
         Command::Schedule(command) => crate::cli_export::schedule(command, open, &mut out).await,
-        Command::Serve { scheduler } => {
-            if !scheduler {
-                return Err(Error::Input(
-                    "tribe serve: name a service to run (--scheduler)".into(),
-                ));
-            }
-            crate::cli_export::serve_scheduler(open, &mut out).await
-        }
+        Command::Serve {
+            collector,
+            pg,
+            scheduler,
+            log_format,
+        } => crate::cli_serve::serve(open()?, collector, pg, scheduler, log_format).await,
         Command::Segment(command) => {
             let ws = open()?;
             crate::cli_segment::run(&ws, command, &mut out).await
@@ -548,6 +563,10 @@ fn print_demo(r: &tribe::demo::DemoReport, out: &mut dyn Write) -> std::io::Resu
     )?;
     writeln!(out, "  tribe export list")?;
     writeln!(out, "  tribe export run vip_google --as-of {as_of}")?;
+    writeln!(
+        out,
+        "  tribe serve --collector --pg    # then: PGPASSWORD=demo-analyst psql \"host=127.0.0.1 port=5433 user=analyst dbname=tribe\""
+    )?;
     if let Some(id) = &r.example_identifier {
         writeln!(
             out,

@@ -130,39 +130,3 @@ pub async fn schedule(
         }
     }
 }
-
-/// `tribe serve --scheduler`: runs due exports, then sleeps until the next scheduled time (at
-/// most a minute, so retries and edits to the exports are picked up), until interrupted. Each
-/// run is logged as a JSON line on stdout.
-pub async fn serve_scheduler(
-    open: impl Fn() -> Result<Workspace>,
-    out: &mut dyn Write,
-) -> Result<ExitCode> {
-    eprintln!("scheduler running; Ctrl-C stops it");
-    loop {
-        let ws = open()?;
-        let now = Utc::now();
-        match tribe::schedule::run_due(&ws, now).await {
-            Ok(report) => {
-                for line in report {
-                    serde_json::to_writer(&mut *out, &line)
-                        .map_err(|e| Error::Other(e.to_string()))?;
-                    writeln!(out).map_err(io)?;
-                    out.flush().map_err(io)?;
-                }
-            }
-            Err(e) => eprintln!("error: scheduler: {e}"),
-        }
-        let next = tribe::schedule::next_scheduled(&ws, Utc::now()).unwrap_or(None);
-        let cap = Utc::now() + chrono::Duration::seconds(60);
-        let wake = next.map_or(cap, |n| n.min(cap));
-        let wait = (wake - Utc::now()).to_std().unwrap_or_default();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("scheduler stopped");
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
-    }
-}

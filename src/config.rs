@@ -35,6 +35,9 @@ pub struct Config {
     /// Audience exports by name (more in `exports/*.toml`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub exports: BTreeMap<String, crate::export::ExportConfig>,
+    /// `tribe serve`: addresses, write keys, SQL users, TLS, the collector's log.
+    #[serde(default)]
+    pub serve: crate::serve::ServeConfig,
 }
 
 /// `[traits]`: how computed traits read purchases.
@@ -453,6 +456,7 @@ impl Config {
                 )));
             }
         }
+        self.serve.validate().map_err(bad)?;
         for (name, export) in &self.exports {
             export
                 .validate(name)

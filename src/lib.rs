@@ -4,7 +4,7 @@
 //! Modules follow the pipeline: `config` and `workspace` (where things are), `storage` (tables
 //! and commits), `ingest` (events and records in), `identity`
 //! (unified profiles), `segment` (the segment language), `traits` (computed traits), `export` and
-//! `schedule` (activation), `sql` and `output` (queries out), `maintain` (compaction and
+//! `schedule` (activation), `serve` (collector and SQL endpoint), `sql` and `output` (queries out), `maintain` (compaction and
 //! clean-up), `demo` (generated workspaces).
 
 pub mod config;
@@ -17,6 +17,7 @@ pub mod maintain;
 pub mod output;
 pub mod schedule;
 pub mod segment;
+pub mod serve;
 pub mod sql;
 pub mod storage;
 pub mod traits;

@@ -4,6 +4,7 @@
 mod cli;
 mod cli_export;
 mod cli_segment;
+mod cli_serve;
 mod cli_traits;
 
 fn main() -> std::process::ExitCode {

@@ -154,6 +154,10 @@ pub fn demo_config(name: &str) -> Config {
         .traits
         .models
         .insert("purchase_propensity_30d".into(), model(30, "occurs"));
+    // `tribe serve` works out of the box; real workspaces keep secrets in the environment
+    // ("env:NAME").
+    config.serve.write_keys = map(&[("web", "demo-web-key"), ("app", "demo-app-key")]);
+    config.serve.users = map(&[("analyst", "demo-analyst")]);
     config
 }
 

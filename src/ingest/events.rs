@@ -37,11 +37,35 @@ struct Parsed {
     input_bytes: u64,
 }
 
-/// Everything the parser needs, shared by the parsing threads.
-struct ParseSetup {
-    rules: ParseRules,
-    spec: TableSpec,
-    typed: Vec<(String, ValueType)>,
+/// Everything the parser needs, shared by the parsing threads (and by the collector's flusher).
+pub(crate) struct ParseSetup {
+    pub rules: ParseRules,
+    pub spec: TableSpec,
+    pub typed: Vec<(String, ValueType)>,
+}
+
+impl ParseSetup {
+    /// The workspace's parse rules, with the `events` table evolved to its typed columns.
+    /// `now` is the `received_at` of messages that carry none.
+    pub async fn prepare(ws: &Workspace, now: i64) -> Result<ParseSetup> {
+        let spec = schema::events(&ws.config);
+        ws.storage.evolve(&spec).await?;
+        let typed: Vec<(String, ValueType)> =
+            schema::typed_properties(&ws.config).into_iter().collect();
+        Ok(ParseSetup {
+            rules: ParseRules {
+                typed: typed.clone(),
+                max_bytes: ws
+                    .config
+                    .events
+                    .max_message_bytes
+                    .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+                received_at: now,
+            },
+            spec,
+            typed,
+        })
+    }
 }
 
 /// Ingests event files; see the module doc. A missing file fails before anything is written.
@@ -57,24 +81,8 @@ pub async fn ingest_events(
             return Err(Error::Input(format!("{}: no such file", file.display())));
         }
     }
-    let spec = schema::events(&ws.config);
-    ws.storage.evolve(&spec).await?;
-    let typed: Vec<(String, ValueType)> =
-        schema::typed_properties(&ws.config).into_iter().collect();
     let now = chrono::Utc::now().timestamp_micros();
-    let setup = Arc::new(ParseSetup {
-        rules: ParseRules {
-            typed: typed.clone(),
-            max_bytes: ws
-                .config
-                .events
-                .max_message_bytes
-                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
-            received_at: now,
-        },
-        spec,
-        typed,
-    });
+    let setup = Arc::new(ParseSetup::prepare(ws, now).await?);
     // A concurrent ingest that stored some of the same messages first makes us start over.
     for _ in 0..5 {
         progress.set_position(0);
