@@ -539,6 +539,42 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_log_answers_503_with_retry_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = collector(dir.path());
+        c.max_log_bytes = 10;
+        // Storage is "slow": something already waits in the log beyond the limit.
+        c.wal.append(&[vec![b'x'; 64]]).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(Arc::new(c));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let response = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let body = r#"{"batch":[]}"#;
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            write!(
+                s,
+                "POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Basic d2s6\r\n\
+                 Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .await
+        .unwrap();
+        assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+        assert!(
+            response.to_lowercase().contains("retry-after: 2"),
+            "{response}"
+        );
+        assert!(response.contains("log is full"), "{response}");
+    }
+
     #[test]
     fn write_keys_come_from_basic_auth() {
         let mut headers = HeaderMap::new();

@@ -94,7 +94,7 @@ impl ServeConfig {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err("serve: tls_cert and tls_key go together".into());
         }
-        if !(self.flush_seconds > 0.0) {
+        if self.flush_seconds.is_nan() || self.flush_seconds <= 0.0 {
             return Err("serve.flush_seconds must be positive".into());
         }
         if self.flush_bytes == 0 || self.max_log_bytes < self.flush_bytes {

@@ -79,14 +79,18 @@ pub struct Flushed {
 const BATCH_ROWS: usize = 64 * 1024;
 
 /// Seals the log and commits every sealed segment. Returns what was stored.
-pub async fn flush_once(ws: &Workspace, wal: &Wal, metrics: &Metrics) -> Result<Flushed> {
+pub(crate) async fn flush_once(
+    ws: &Workspace,
+    setup: &ParseSetup,
+    wal: &Wal,
+    metrics: &Metrics,
+) -> Result<Flushed> {
     let segments = wal.seal().await?;
     if segments.is_empty() {
         return Ok(Flushed::default());
     }
     let started = Instant::now();
     let now = chrono::Utc::now().timestamp_micros();
-    let setup = ParseSetup::prepare(ws, now).await?;
     let mut outcome = None;
     let mut rejects = Vec::new();
     // A concurrent writer that stored some of the same messages makes the append start over.
@@ -94,7 +98,7 @@ pub async fn flush_once(ws: &Workspace, wal: &Wal, metrics: &Metrics) -> Result<
         rejects.clear();
         let mut append =
             Append::start(&ws.storage, &setup.spec, "message_id", KeyScope::PerDay).await?;
-        if let Err(e) = write_segments(&segments, &setup, &mut append, &mut rejects).await {
+        if let Err(e) = write_segments(&segments, setup, &mut append, &mut rejects).await {
             append.abort().await;
             return Err(e);
         }
@@ -112,7 +116,9 @@ pub async fn flush_once(ws: &Workspace, wal: &Wal, metrics: &Metrics) -> Result<
             "collector flush: gave up after 5 restarts caused by concurrent writers".into(),
         )
     })?;
-    rejected::store(&ws.storage, &rejects, now).await?;
+    if !rejects.is_empty() {
+        rejected::store(&ws.storage, &rejects, now).await?;
+    }
     wal.remove(&segments)?;
     metrics.flushed.inc_by(outcome.inserted);
     metrics.flush_duplicates.inc_by(outcome.duplicates);
@@ -191,8 +197,9 @@ async fn write_segments(
 /// from before a restart wait; failures are retried with backoff while the collector keeps
 /// logging (and, once the log is full, answers 503). Returns after a final flush when `stop`
 /// turns true.
-pub async fn run(
+pub(crate) async fn run(
     ws: Arc<Workspace>,
+    setup: ParseSetup,
     wal: Wal,
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -212,7 +219,7 @@ pub async fn run(
             || current >= config.flush_bytes
             || (current > 0 && wal.current_age() >= max_age);
         if due {
-            match flush_once(&ws, &wal, &metrics).await {
+            match flush_once(&ws, &setup, &wal, &metrics).await {
                 Ok(done) => {
                     replay = false;
                     backoff = Duration::from_millis(100);

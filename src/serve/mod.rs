@@ -75,7 +75,7 @@ pub async fn serve(
         let state = Arc::new(collector::Collector::new(
             wal.clone(),
             keys,
-            setup.rules,
+            setup.rules.clone(),
             ws.config.serve.max_log_bytes,
             metrics.clone(),
         ));
@@ -86,6 +86,7 @@ pub async fn serve(
         // Not spawned: a Delta append is not `Sync`, so the flush runs on this task, joined below.
         flusher = Some(flush::run(
             ws.clone(),
+            setup,
             wal,
             metrics.clone(),
             flush_stopped.clone(),
