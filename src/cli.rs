@@ -235,6 +235,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         let dir = find_workspace(cli.workspace.as_deref(), None, &cwd)?;
         Workspace::open(&dir)
     };
+    // Serving writes scheduled runs to stdout from another task: it must not find stdout locked.
+    if let Command::Serve {
+        collector,
+        pg,
+        scheduler,
+        log_format,
+    } = cli.command
+    {
+        return crate::cli_serve::serve(open()?, collector, pg, scheduler, log_format).await;
+    }
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Init { dir, storage, name } => {
@@ -371,12 +381,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Traits(command) => crate::cli_traits::run(command, &cwd, open, &mut out).await,
         Command::Export(command) => crate::cli_export::export(command, open, &mut out).await,
         Command::Schedule(command) => crate::cli_export::schedule(command, open, &mut out).await,
-        Command::Serve {
-            collector,
-            pg,
-            scheduler,
-            log_format,
-        } => crate::cli_serve::serve(open()?, collector, pg, scheduler, log_format).await,
+        Command::Serve { .. } => unreachable!("handled above"),
         Command::Segment(command) => {
             let ws = open()?;
             crate::cli_segment::run(&ws, command, &mut out).await
