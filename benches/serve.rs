@@ -75,9 +75,9 @@ impl Client {
              Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
-        let s = self.stream.get_mut();
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
+        let mut request = head.into_bytes();
+        request.extend_from_slice(body);
+        self.stream.get_mut().write_all(&request).unwrap();
         let mut status = 0;
         let mut length = 0;
         let mut line = String::new();
@@ -138,8 +138,10 @@ fn collector_bench(root: &Path) {
         .map(|c| {
             let now = now.clone();
             std::thread::spawn(move || {
+                let stream = TcpStream::connect(addr).unwrap();
+                stream.set_nodelay(true).unwrap();
                 let mut client = Client {
-                    stream: BufReader::new(TcpStream::connect(addr).unwrap()),
+                    stream: BufReader::new(stream),
                 };
                 let mut latencies = Vec::new();
                 let mut sent = 0usize;
@@ -291,9 +293,12 @@ fn sql_bench(root: &Path) {
         script.push_str(&lookup((k * 48_271) % n));
         script.push('\n');
     }
+    let script_file = dir.join("lookups.sql");
+    std::fs::write(&script_file, &script).unwrap();
     let out = std::process::Command::new("psql")
         .arg(&conn)
-        .args(["-X", "-A", "-t", "-c", &script])
+        .args(["-X", "-A", "-t", "-f"])
+        .arg(&script_file)
         .env("PGPASSWORD", "bench")
         .output()
         .unwrap();

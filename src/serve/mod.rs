@@ -93,6 +93,10 @@ pub async fn serve(
         ));
         let mut stop = http_stopped.clone();
         let app = collector::router(state);
+        // Answers go out at once, not after the client's delayed ACK (Nagle: ~40 ms a request).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         http = Some(tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

@@ -121,6 +121,7 @@ impl PgEndpoint {
                     continue;
                 }
             };
+            let _ = socket.set_nodelay(true);
             let handlers = self.handlers.clone();
             let tls = self.tls.clone();
             let metrics = self.metrics.clone();
