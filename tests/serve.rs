@@ -29,19 +29,6 @@ fn client_python(name: &str) -> PathBuf {
     p
 }
 
-fn py(python: &Path, script: &str) -> String {
-    let out = Command::new(python)
-        .args(["-c", script])
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -161,6 +148,11 @@ fn http(
     (status, body)
 }
 
+/// POSTs a body to a collector endpoint with a write key.
+fn post(port: u16, path: &str, key: &str, body: &[u8]) -> (u16, String) {
+    http(port, "POST", path, &[basic(key)], body)
+}
+
 fn basic(key: &str) -> (&'static str, String) {
     use base64::Engine;
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
@@ -271,7 +263,7 @@ c.flush()
 c.shutdown()
 print(json.dumps(errors))
 "#;
-    let out = py(
+    let out = python_with(
         &client_python("rudder"),
         &format!(
             "import sys; sys.argv = ['x', 'wk-app', '{}']\n{script}",
@@ -312,13 +304,7 @@ fn the_collector_checks_keys_limits_and_each_message() {
     let (status, body) = http(port, "POST", "/v1/batch", &[], batch.as_bytes());
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("missing write key"), "{body}");
-    let (status, _) = http(
-        port,
-        "POST",
-        "/v1/batch",
-        &[basic("nope")],
-        batch.as_bytes(),
-    );
+    let (status, _) = post(port, "/v1/batch", "nope", batch.as_bytes());
     assert_eq!(status, 401);
     // The key in the body works as well as in the header.
     let in_body = format!(r#"{{"writeKey":"wk-app","batch":[{}]}}"#, msg("k2"));
@@ -335,13 +321,7 @@ fn the_collector_checks_keys_limits_and_each_message() {
         msg("k3"),
         msg("k4")
     );
-    let (status, body) = http(
-        port,
-        "POST",
-        "/v1/batch",
-        &[basic("wk-web")],
-        mixed.as_bytes(),
-    );
+    let (status, body) = post(port, "/v1/batch", "wk-web", mixed.as_bytes());
     assert_eq!(status, 400, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["accepted"], 2);
@@ -363,13 +343,7 @@ fn the_collector_checks_keys_limits_and_each_message() {
     let many: Vec<String> = (0..8000).map(|i| msg(&format!("many-{i:04}"))).collect();
     let big_batch = format!(r#"{{"batch":[{}]}}"#, many.join(","));
     assert!(big_batch.len() > 500 * 1024);
-    let (status, body) = http(
-        port,
-        "POST",
-        "/v1/batch",
-        &[basic("wk-web")],
-        big_batch.as_bytes(),
-    );
+    let (status, body) = post(port, "/v1/batch", "wk-web", big_batch.as_bytes());
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("over the limit of 512000 bytes"), "{body}");
 
@@ -515,9 +489,19 @@ for t in threads: t.join()
 }
 
 fn psql(port: u16, password: &str, args: &[&str]) -> std::process::Output {
+    psql_as(port, "analyst", "disable", password, args)
+}
+
+fn psql_as(
+    port: u16,
+    user: &str,
+    sslmode: &str,
+    password: &str,
+    args: &[&str],
+) -> std::process::Output {
     Command::new("psql")
         .arg(format!(
-            "host=127.0.0.1 port={port} user=analyst dbname=tribe sslmode=disable"
+            "host=127.0.0.1 port={port} user={user} dbname=tribe sslmode={sslmode}"
         ))
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
         .args(args)
@@ -616,14 +600,7 @@ fn psql_reads_every_table_and_cannot_change_anything() {
         "{err}"
     );
     // An unknown user too.
-    let out = Command::new("psql")
-        .arg(format!(
-            "host=127.0.0.1 port={port} user=mallory dbname=tribe sslmode=disable"
-        ))
-        .args(["-X", "-c", "select 1"])
-        .env("PGPASSWORD", "s3cret")
-        .output()
-        .unwrap();
+    let out = psql_as(port, "mallory", "disable", "s3cret", &["-c", "select 1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -643,13 +620,7 @@ fn psql_reads_every_table_and_cannot_change_anything() {
 
     // Events the collector takes become visible to SQL within seconds.
     let batch = r#"{"batch":[{"type":"track","event":"Live","userId":"u1","messageId":"live-1"}]}"#;
-    let (status, _) = http(
-        server.collector,
-        "POST",
-        "/v1/batch",
-        &[basic("wk-web")],
-        batch.as_bytes(),
-    );
+    let (status, _) = post(server.collector, "/v1/batch", "wk-web", batch.as_bytes());
     assert_eq!(status, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -703,15 +674,13 @@ fn psql_connects_over_tls_when_a_certificate_is_configured() {
     assert!(status.success());
     let server = Server::start(dir, &["--pg"]);
     // sslmode=require: psql refuses to talk unless the server speaks TLS.
-    let out = Command::new("psql")
-        .arg(format!(
-            "host=127.0.0.1 port={} user=analyst dbname=tribe sslmode=require",
-            server.pg
-        ))
-        .args(["-X", "-A", "-t", "-c", "select 42"])
-        .env("PGPASSWORD", "s3cret")
-        .output()
-        .unwrap();
+    let out = psql_as(
+        server.pg,
+        "analyst",
+        "require",
+        "s3cret",
+        &["-c", "select 42"],
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "42",

@@ -46,7 +46,12 @@ pub fn tribe(dir: &Path) -> Command {
 /// Runs a Python script with the test tools installed; returns its stdout, failing with its
 /// stderr.
 pub fn python_run(script: &str) -> Vec<u8> {
-    let out = Command::new(python())
+    python_with(&python(), script).into_bytes()
+}
+
+/// Runs a Python script with the given interpreter; returns its stdout.
+pub fn python_with(python: &Path, script: &str) -> String {
+    let out = Command::new(python)
         .args(["-c", script])
         .output()
         .expect("python runs");
@@ -55,7 +60,7 @@ pub fn python_run(script: &str) -> Vec<u8> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    out.stdout
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs a command and returns its output, printing it when it fails unexpectedly.
