@@ -12,14 +12,14 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
 use tribe::serve::{Listening, ServeOptions, serve};
-use tribe::storage::{TableSpec, WriteMode};
 use tribe::workspace::Workspace;
+
+#[path = "support/profiles.rs"]
+mod profiles;
+use profiles::{email, profiles, write_profiles};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -216,32 +216,6 @@ fn collector_bench(root: &Path) {
     assert_eq!(stored.0, stored.1, "no event is stored twice");
 }
 
-fn profiles(n: usize) -> RecordBatch {
-    let text = |f: &dyn Fn(usize) -> Option<String>| -> ArrayRef {
-        Arc::new(StringArray::from((0..n).map(f).collect::<Vec<_>>()))
-    };
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("profile_id", DataType::Utf8, false),
-        Field::new("is_known", DataType::Boolean, false),
-        Field::new("email", DataType::Utf8, true),
-        Field::new("phone", DataType::Utf8, true),
-        Field::new("first_name", DataType::Utf8, true),
-        Field::new("country", DataType::Utf8, true),
-    ]));
-    RecordBatch::try_new(
-        schema,
-        vec![
-            text(&|i| Some(format!("p_{i:012}"))),
-            Arc::new(BooleanArray::from(vec![true; n])),
-            text(&|i| Some(format!("person{i}@example.com"))),
-            text(&|i| Some(format!("+49151{i:08}"))),
-            text(&|i| Some(["Ana", "Ben", "Cleo"][i % 3].to_string())),
-            text(&|i| Some(["DE", "AT", "US"][i % 3].to_string())),
-        ],
-    )
-    .unwrap()
-}
-
 fn sql_bench(root: &Path) {
     let n = env("TRIBE_BENCH_PROFILES", 1_000_000);
     let dir = root.join(format!("sql-{n}"));
@@ -255,21 +229,7 @@ fn sql_bench(root: &Path) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let ws = Workspace::open(&dir).unwrap();
-        let batch = profiles(n);
-        let spec = TableSpec {
-            name: "profiles".into(),
-            path: "profiles".into(),
-            schema: batch.schema(),
-            partition_columns: vec![],
-        };
-        let slices: Vec<RecordBatch> = (0..n)
-            .step_by(100_000)
-            .map(|o| batch.slice(o, 100_000.min(n - o)))
-            .collect();
-        ws.storage
-            .write(&spec, slices, WriteMode::Replace)
-            .await
-            .unwrap();
+        write_profiles(&ws, profiles(n, n, &|_| false)).await;
     });
     drop(runtime);
     let options = ServeOptions {
@@ -284,7 +244,8 @@ fn sql_bench(root: &Path) {
     );
     let lookup = |i: usize| {
         format!(
-            "select profile_id, email, phone from profiles where email = 'person{i}@example.com';"
+            "select profile_id, email, phone from profiles where email = '{}';",
+            email(i).replace('\'', "''")
         )
     };
     // In one session: the server's round trip, as psql's \timing reports it.

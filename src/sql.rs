@@ -62,10 +62,17 @@ pub async fn session(ws: &Workspace) -> Result<(SessionContext, Vec<TableInfo>)>
             files,
         });
     }
-    if infos.iter().any(|t| t.name == "profile_keys") && infos.iter().any(|t| t.name == "events") {
+    define_profile_events(&ctx).await?;
+    Ok((ctx, infos))
+}
+
+/// Defines (or redefines) the `profile_events` view once `events` and `profile_keys` are
+/// registered; a view plans against the tables registered when it is defined.
+pub async fn define_profile_events(ctx: &SessionContext) -> Result<()> {
+    if ctx.table_exist("events")? && ctx.table_exist("profile_keys")? {
         ctx.sql(PROFILE_EVENTS).await?;
     }
-    Ok((ctx, infos))
+    Ok(())
 }
 
 /// Registers a Delta table in `ctx` under `name`; with `files`, only those data files of it.
@@ -89,7 +96,7 @@ pub async fn register(
 /// Every event with the profile it belongs to: by its user id, else its anonymous id, else (for
 /// events that carry neither, like orders from a shop system) by the event itself. The keys are
 /// written by identity resolution; events it has not seen yet have no profile.
-pub const PROFILE_EVENTS: &str = "create view profile_events as \
+pub const PROFILE_EVENTS: &str = "create or replace view profile_events as \
     select coalesce(ku.profile_id, ka.profile_id, km.profile_id) as profile_id, e.* \
     from events e \
     left join (select key, profile_id from profile_keys where key_type = 'user_id') ku on e.user_id = ku.key \

@@ -625,17 +625,7 @@ fn serve_scheduler_fires_due_exports_and_logs_each_run() {
 
 #[test]
 fn the_demo_exports_run_as_shipped_and_respect_consent() {
-    let tmp = tempfile::tempdir().unwrap();
-    ok(tribe(tmp.path()).args([
-        "demo",
-        "d",
-        "--people",
-        "300",
-        "--seed",
-        "5",
-        "--no-sources",
-    ]));
-    let dir = tmp.path().join("d");
+    let (_tmp, dir) = demo(300, 5);
     let list = ok(tribe(&dir).args(["export", "list", "--format", "json"]));
     let list: Value = serde_json::from_str(&list).unwrap();
     let names: Vec<&str> = list

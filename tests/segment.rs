@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Backend, ok, python, run, sql, tribe, workspace};
+use common::{Backend, demo, ok, python, run, sql, tribe, workspace};
 use rand::{Rng, SeedableRng};
 use tribe::segment::{Dialect, Segments, parse_as_of};
 
@@ -190,28 +190,18 @@ fn golden_segments_select_exactly_the_expected_people_in_tribe_and_duckdb() {
 }
 
 /// A demo workspace with the example segments of `queries/`.
-fn demo_workspace(people: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    ok(tribe(dir.path()).args([
-        "demo",
-        "d",
-        "--people",
-        people,
-        "--seed",
-        "3",
-        "--no-sources",
-    ]));
-    let ws = dir.path().join("d");
+fn demo_workspace(people: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+    let (tmp, ws) = demo(people, 3);
     assert!(
         ws.join("queries/retention.seg").exists(),
         "the demo brings the examples"
     );
-    (dir, ws)
+    (tmp, ws)
 }
 
 #[test]
 fn examples_run_on_the_demo_and_agree_with_duckdb() {
-    let (_tmp, ws) = demo_workspace("300");
+    let (_tmp, ws) = demo_workspace(300);
     let out = ok(tribe(&ws).args(["segment", "check", "--as-of", "2026-07-01"]));
     assert!(out.contains("0 error(s)"), "{out}");
     let listed = ok(tribe(&ws).args(["segment", "list", "--format", "csv"]));
@@ -375,7 +365,7 @@ impl Gen {
 
 #[test]
 fn random_segments_compile_and_agree_with_duckdb() {
-    let (_tmp, ws) = demo_workspace("200");
+    let (_tmp, ws) = demo_workspace(200);
     let mut g = Gen(rand_chacha::ChaCha8Rng::seed_from_u64(20261123));
     let mut text = String::new();
     let mut names = Vec::new();

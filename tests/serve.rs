@@ -66,6 +66,8 @@ impl Server {
         }
         let child = cmd
             .env("TEST_ANALYST_PASSWORD", "s3cret")
+            .env("TRIBE_PG_USER", "envuser")
+            .env("TRIBE_PG_PASSWORD", "envpass")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -289,7 +291,11 @@ print(json.dumps(errors))
 
 #[test]
 fn the_collector_checks_keys_limits_and_each_message() {
-    let ws = workspace(Backend::Local, KEYS);
+    // Nothing is flushed by size or age: what is stored at the end, SIGTERM's flush stored.
+    let ws = workspace(
+        Backend::Local,
+        &format!("{KEYS}[serve]\nflush_seconds = 3600.0\n"),
+    );
     let dir = ws.path();
     let server = Server::start(dir, &["--collector"]);
     let port = server.collector;
@@ -339,6 +345,16 @@ fn the_collector_checks_keys_limits_and_each_message() {
         "{body}"
     );
 
+    // A message just under 32 KB in a batch whose context it inherits: what is logged is larger
+    // than the limit, but the limit is on what was sent.
+    let near = format!(
+        r#"{{"batch":[{{"type":"track","event":"E","userId":"u","messageId":"near","properties":{{"x":"{}"}}}}],"context":{{"note":"{}"}}}}"#,
+        "a".repeat(32 * 1024 - 120),
+        "c".repeat(2048)
+    );
+    let (status, body) = post(port, "/v1/batch", "wk-web", near.as_bytes());
+    assert_eq!(status, 200, "{body}");
+
     // Over 500 KB in one batch: 400, nothing taken.
     let many: Vec<String> = (0..8000).map(|i| msg(&format!("many-{i:04}"))).collect();
     let big_batch = format!(r#"{{"batch":[{}]}}"#, many.join(","));
@@ -367,7 +383,7 @@ fn the_collector_checks_keys_limits_and_each_message() {
     assert!(health.contains("\"ok\""), "{health}");
     let (_, metrics) = http(port, "GET", "/metrics", &[], b"");
     assert!(
-        metrics.contains("tribe_events_received_total 4"),
+        metrics.contains("tribe_events_received_total 5"),
         "{metrics}"
     );
     assert!(
@@ -401,7 +417,8 @@ fn the_collector_checks_keys_limits_and_each_message() {
             "k2 app track",
             "k3 web track",
             "k4 web track",
-            "k5 web identify"
+            "k5 web identify",
+            "near web track"
         ]
     );
     let rejected = sql_count(
@@ -640,10 +657,56 @@ fn psql_reads_every_table_and_cannot_change_anything() {
         std::thread::sleep(Duration::from_millis(300));
     }
     let (_, metrics) = http(server.collector, "GET", "/metrics", &[], b"");
-    assert!(
-        metrics.contains("tribe_sql_sessions_opened_total"),
-        "{metrics}"
-    );
+    for expected in [
+        "tribe_events_flushed_total 1",
+        "tribe_log_bytes 0",
+        "tribe_flush_seconds_count",
+        "tribe_ack_seconds_count 1",
+        "tribe_sql_sessions 0",
+    ] {
+        assert!(metrics.contains(expected), "{expected}: {metrics}");
+    }
+    let opened = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tribe_sql_sessions_opened_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(opened >= 10, "{metrics}");
+    server.stop();
+}
+
+#[test]
+fn psql_sees_the_later_stages_tables_and_users_from_the_environment() {
+    let (_tmp, dir) = demo(300, 5);
+    let as_of = ["--as-of", "2026-07-01"];
+    ok(tribe(&dir)
+        .args(["segment", "run", "vip_by_spend", "--save"])
+        .args(as_of));
+    ok(tribe(&dir)
+        .args(["export", "run", "vip_google"])
+        .args(as_of));
+    let server = Server::start(&dir, &["--pg"]);
+    // TRIBE_PG_USER / TRIBE_PG_PASSWORD add a user to the demo's configured one.
+    for (user, password) in [("envuser", "envpass"), ("analyst", "demo-analyst")] {
+        let out = psql_as(
+            server.pg,
+            user,
+            "disable",
+            password,
+            &[
+                "-c",
+                "select (select count(*) from traits) > 0 as traits, \
+                 (select count(*) from segment_members where segment = 'vip_by_spend') > 0 as members, \
+                 (select status from export_runs where export = 'vip_google')",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t|t|delivered");
+    }
     server.stop();
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{ok, run, tribe};
+use common::{demo, ok, run, tribe};
 
 fn within(got: f64, want: f64, rel: f64, what: &str) {
     assert!(
@@ -100,17 +100,7 @@ fn bad_cdnow_input_says_where() {
 
 #[test]
 fn traits_compute_writes_rfm_and_clv_usable_in_sql_and_segments() {
-    let dir = tempfile::tempdir().unwrap();
-    ok(tribe(dir.path()).args([
-        "demo",
-        "d",
-        "--people",
-        "300",
-        "--seed",
-        "5",
-        "--no-sources",
-    ]));
-    let ws = dir.path().join("d");
+    let (_tmp, ws) = demo(300, 5);
     // A model whose event never happens cannot be trained: reported, its column all null.
     let mut config = std::fs::read_to_string(ws.join("tribe.toml")).unwrap();
     config.push_str("\n[traits.models.never_happens]\nevent = \"Unheard Of\"\nhorizon_days = 30\n");

@@ -43,6 +43,7 @@ pub struct Collector {
     pub wal: Wal,
     /// Write key → source.
     pub keys: BTreeMap<String, String>,
+    /// The ingest rules, without a size limit: that is `max_message_bytes`, on what was sent.
     pub rules: ParseRules,
     /// Largest message, in bytes as sent.
     pub max_message_bytes: usize,
@@ -55,13 +56,11 @@ impl Collector {
     pub fn new(
         wal: Wal,
         keys: BTreeMap<String, String>,
-        mut rules: ParseRules,
+        rules: ParseRules,
+        max_message_bytes: usize,
         max_log_bytes: u64,
         metrics: Arc<Metrics>,
     ) -> Collector {
-        let max_message_bytes = rules.max_bytes;
-        // The stored line gains receivedAt and originalTimestamp; the limit is on what was sent.
-        rules.max_bytes += 1024;
         Collector {
             wal,
             keys,
@@ -181,18 +180,17 @@ async fn receive(
             "shutting down".into(),
         );
     };
-    let limit = if single.is_some() {
-        c.max_message_bytes
-    } else {
-        MAX_BATCH_BYTES
+    let (what, limit) = match single {
+        Some(_) => ("message", c.max_message_bytes),
+        None => ("batch", MAX_BATCH_BYTES),
     };
-    let body = match read_body(body, &headers, limit).await {
+    let body = match read_body(body, &headers, what, limit).await {
         Ok(body) => body,
         Err(message) => return error(StatusCode::BAD_REQUEST, "bad_request", message),
     };
     let received_at = chrono::Utc::now();
     let plan = match &single {
-        Some(kind) => plan_single(&body, kind),
+        Some(_) => plan_single(&body),
         None => plan_batch(&body),
     };
     let plan = match plan {
@@ -294,16 +292,16 @@ fn basic_user(headers: &HeaderMap) -> Result<Option<String>, String> {
 }
 
 /// Reads the body, gunzipping it when sent gzipped; refuses it past `limit` bytes of JSON.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, String> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    what: &str,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
     let gzipped = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    let what = if limit == MAX_BATCH_BYTES {
-        "batch"
-    } else {
-        "message"
-    };
     // Compressed data can be a little larger than its content; the content limit applies below.
     let raw = axum::body::to_bytes(body, limit * 2 + 4096)
         .await
@@ -353,7 +351,7 @@ fn plan_batch(body: &[u8]) -> Result<Plan, String> {
     })
 }
 
-fn plan_single(body: &[u8], _kind: &str) -> Result<Plan, String> {
+fn plan_single(body: &[u8]) -> Result<Plan, String> {
     let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_string())?;
     let parsed: SingleBody =
         serde_json::from_str(text).map_err(|e| format!("invalid JSON body: {e}"))?;
@@ -462,9 +460,10 @@ mod tests {
             BTreeMap::from([("wk".to_string(), "web".to_string())]),
             ParseRules {
                 typed: vec![],
-                max_bytes: 32 * 1024,
+                max_bytes: usize::MAX,
                 received_at: 0,
             },
+            32 * 1024,
             1 << 30,
             Arc::new(Metrics::new()),
         )

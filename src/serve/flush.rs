@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::metrics::Metrics;
-use super::wal::{Wal, read_segment};
+use super::wal::{Segment, Wal};
 use crate::error::{Error, Result};
 use crate::ingest::batch::EventBatchBuilder;
 use crate::ingest::events::ParseSetup;
@@ -141,7 +142,8 @@ async fn write_segments(
 ) -> Result<()> {
     let mut builder = EventBatchBuilder::new(setup.spec.schema.clone(), &setup.typed);
     for path in segments {
-        let (records, torn) = read_segment(path)?;
+        let segment = Segment::read(path)?;
+        let torn = segment.torn_bytes();
         if torn > 0 {
             tracing::warn!(
                 segment = %path.display(),
@@ -150,7 +152,7 @@ async fn write_segments(
             );
         }
         let label = format!("collector log {}", path.display());
-        for (index, payload) in records.iter().enumerate() {
+        for (index, payload) in segment.records().enumerate() {
             match decode(payload) {
                 Some(Record::Event { source, json }) => match parse_message(json, &setup.rules) {
                     Ok(row) => builder.push(&row, source),
@@ -193,8 +195,8 @@ async fn write_segments(
     Ok(())
 }
 
-/// Flushes whenever the log holds enough bytes, its oldest record is old enough, or segments
-/// from before a restart wait; failures are retried with backoff while the collector keeps
+/// Flushes whenever the log holds enough bytes, its oldest record is old enough, or sealed
+/// segments wait (from before a restart, or from a failed flush); failures are retried with backoff while the collector keeps
 /// logging (and, once the log is full, answers 503). Returns after a final flush when `stop`
 /// turns true.
 pub(crate) async fn run(
@@ -207,21 +209,17 @@ pub(crate) async fn run(
     let config = &ws.config.serve;
     let max_age = Duration::from_secs_f64(config.flush_seconds);
     let mut backoff = Duration::from_millis(100);
-    let mut replay = true;
     loop {
         let stopping = *stop.borrow();
-        let current = wal
-            .stats
-            .current_bytes
-            .load(std::sync::atomic::Ordering::SeqCst);
+        let current = wal.stats.current_bytes.load(Ordering::SeqCst);
+        // Sealed segments wait after a restart (replay) or after a failed flush (retry).
         let due = stopping
-            || replay
+            || wal.stats.sealed_bytes() > 0
             || current >= config.flush_bytes
             || (current > 0 && wal.current_age() >= max_age);
         if due {
             match flush_once(&ws, &setup, &wal, &metrics).await {
                 Ok(done) => {
-                    replay = false;
                     backoff = Duration::from_millis(100);
                     if done.segments > 0 {
                         tracing::info!(

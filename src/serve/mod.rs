@@ -70,12 +70,18 @@ pub async fn serve(
             ));
         }
         let wal = wal::Wal::open(&ws.config.serve.wal_path(&ws.dir))?;
-        let setup =
+        let mut setup =
             crate::ingest::events::ParseSetup::prepare(&ws, Utc::now().timestamp_micros()).await?;
+        // The size limit applies to a message as sent, and the collector checks it on receipt.
+        // What it logs has grown (receivedAt, batch context): neither the check on receipt nor
+        // the flush may refuse a message for that.
+        let max_message_bytes = setup.rules.max_bytes;
+        setup.rules.max_bytes = usize::MAX;
         let state = Arc::new(collector::Collector::new(
             wal.clone(),
             keys,
             setup.rules.clone(),
+            max_message_bytes,
             ws.config.serve.max_log_bytes,
             metrics.clone(),
         ));

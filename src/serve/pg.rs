@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
 use crate::error::{Error, Result};
-use crate::sql::{PROFILE_EVENTS, known_tables, register};
+use crate::sql::{define_profile_events, known_tables, register};
 use crate::storage::TableSpec;
 use crate::workspace::Workspace;
 
@@ -197,12 +197,8 @@ impl Tables {
             self.ctx.deregister_table(name.as_str())?;
             register(&self.ctx, name, &loaded[name], None).await?;
         }
-        let view_inputs = ["events", "profile_keys"];
-        if changed.iter().any(|n| view_inputs.contains(&n.as_str()))
-            && view_inputs.iter().all(|n| loaded.contains_key(*n))
-        {
-            let view = PROFILE_EVENTS.replacen("create view", "create or replace view", 1);
-            self.ctx.sql(&view).await?;
+        if changed.iter().any(|n| n == "events" || n == "profile_keys") {
+            define_profile_events(&self.ctx).await?;
         }
         Ok(())
     }
@@ -211,27 +207,26 @@ impl Tables {
 /// Refuses every statement that could change data or the shared session's catalog.
 struct ReadOnly;
 
-impl ReadOnly {
-    fn check(statement: &Statement) -> Option<PgWireResult<()>> {
-        if allowed(statement) {
-            return None;
-        }
-        let text = statement.to_string();
-        let verb: String = text
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_uppercase();
-        Some(Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-            "ERROR".into(),
-            "25006".into(),
-            format!(
-                "tribe's SQL endpoint is read-only: {verb} is refused \
-                 (use the tribe command line to change data)"
-            ),
-        )))))
+/// The error for a statement that may not run, if it may not.
+fn refusal(statement: &Statement) -> Option<PgWireError> {
+    if allowed(statement) {
+        return None;
     }
+    let text = statement.to_string();
+    let verb = text
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_uppercase();
+    Some(PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        "25006".into(),
+        format!(
+            "tribe's SQL endpoint is read-only: {verb} is refused \
+             (use the tribe command line to change data)"
+        ),
+    ))))
 }
 
 fn allowed(statement: &Statement) -> bool {
@@ -273,7 +268,7 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        ReadOnly::check(statement).map(|r| r.map(|()| unreachable!("check only refuses")))
+        refusal(statement).map(Err)
     }
 
     async fn handle_extended_parse_query(
@@ -282,7 +277,7 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        ReadOnly::check(statement).map(|r| r.map(|()| unreachable!("check only refuses")))
+        refusal(statement).map(Err)
     }
 
     async fn handle_extended_query(
@@ -293,7 +288,7 @@ impl QueryHook for ReadOnly {
         _ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        ReadOnly::check(statement).map(|r| r.map(|()| unreachable!("check only refuses")))
+        refusal(statement).map(Err)
     }
 }
 

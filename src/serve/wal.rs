@@ -41,6 +41,16 @@ pub struct WalStats {
     pub current_seq: AtomicU64,
 }
 
+impl WalStats {
+    /// Bytes in sealed segments: waiting for a flush that has not succeeded yet.
+    pub fn sealed_bytes(&self) -> u64 {
+        // The writer adds to `current_bytes` before `pending_bytes`; reading in the opposite
+        // order can only under-count, never report a fresh write as sealed.
+        let pending = self.pending_bytes.load(Ordering::SeqCst);
+        pending.saturating_sub(self.current_bytes.load(Ordering::SeqCst))
+    }
+}
+
 /// A handle on the log; cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
@@ -159,25 +169,42 @@ fn frame(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// The records of a segment file, up to the first torn or corrupt frame. The second value says
-/// how many bytes at the end were not whole frames.
-pub fn read_segment(path: &Path) -> Result<(Vec<Vec<u8>>, usize)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let mut records = Vec::new();
-    let mut at = 0;
-    while bytes.len() - at >= 8 {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
+/// A segment file read back: its bytes and where each whole record lies in them.
+pub struct Segment {
+    bytes: Vec<u8>,
+    records: Vec<std::ops::Range<usize>>,
+}
+
+impl Segment {
+    /// Reads a segment up to the first torn or corrupt frame.
+    pub fn read(path: &Path) -> Result<Segment> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let mut records = Vec::new();
+        let mut at = 0;
+        while bytes.len() - at >= 8 {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+            let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
+                break;
+            };
+            if crc32fast::hash(payload) != crc {
+                break;
+            }
+            records.push(at + 8..at + 8 + len);
+            at += 8 + len;
         }
-        records.push(payload.to_vec());
-        at += 8 + len;
+        Ok(Segment { bytes, records })
     }
-    Ok((records, bytes.len() - at))
+
+    /// The records, oldest first.
+    pub fn records(&self) -> impl Iterator<Item = &[u8]> {
+        self.records.iter().map(|r| &self.bytes[r.clone()])
+    }
+
+    /// Bytes at the end that are not a whole frame (a write a crash interrupted).
+    pub fn torn_bytes(&self) -> usize {
+        self.bytes.len() - self.records.last().map_or(0, |r| r.end)
+    }
 }
 
 /// Segment files in `dir` with their sequence numbers, oldest first.
@@ -293,8 +320,11 @@ mod tests {
             .await
             .unwrap();
         wal.append(&[b"three".to_vec()]).await.unwrap();
+        assert_eq!(wal.stats.sealed_bytes(), 0, "nothing sealed yet");
         let sealed = wal.seal().await.unwrap();
         assert_eq!(sealed.len(), 1);
+        // 3 records of 8 bytes framing each: sealed, waiting for a flush.
+        assert_eq!(wal.stats.sealed_bytes(), 3 * 8 + 11);
         wal.append(&[b"four".to_vec()]).await.unwrap();
         drop(wal);
 
@@ -307,15 +337,13 @@ mod tests {
             .open(&all[1])
             .unwrap();
         torn.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
-        let (first, rest) = read_segment(&all[0]).unwrap();
-        assert_eq!(
-            first,
-            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
-        );
-        assert_eq!(rest, 0);
-        let (second, rest) = read_segment(&all[1]).unwrap();
-        assert_eq!(second, vec![b"four".to_vec()]);
-        assert_eq!(rest, 6);
+        let first = Segment::read(&all[0]).unwrap();
+        let records: Vec<&[u8]> = first.records().collect();
+        assert_eq!(records, [&b"one"[..], b"two", b"three"]);
+        assert_eq!(first.torn_bytes(), 0);
+        let second = Segment::read(&all[1]).unwrap();
+        assert_eq!(second.records().collect::<Vec<_>>(), [&b"four"[..]]);
+        assert_eq!(second.torn_bytes(), 6);
 
         reopened.remove(&all).unwrap();
         assert!(reopened.sealed().unwrap().is_empty());
@@ -336,7 +364,6 @@ mod tests {
             t.await.unwrap().unwrap();
         }
         let sealed = wal.seal().await.unwrap();
-        let (records, _) = read_segment(&sealed[0]).unwrap();
-        assert_eq!(records.len(), 200);
+        assert_eq!(Segment::read(&sealed[0]).unwrap().records().count(), 200);
     }
 }

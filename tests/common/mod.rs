@@ -103,6 +103,20 @@ pub enum Backend {
     S3,
 }
 
+/// A demo workspace (`tribe demo --no-sources`) of `people` in a fresh temporary folder; the
+/// workspace is the returned path, inside the returned folder.
+pub fn demo(people: u32, seed: u32) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    ok(tribe(tmp.path()).args(["demo", "d", "--no-sources"]).args([
+        "--people".to_string(),
+        people.to_string(),
+        "--seed".to_string(),
+        seed.to_string(),
+    ]));
+    let dir = tmp.path().join("d");
+    (tmp, dir)
+}
+
 /// Creates a workspace in a fresh temporary folder on `backend`.
 pub fn workspace(backend: Backend, config_extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
