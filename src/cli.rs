@@ -121,6 +121,10 @@ enum Command {
     /// Scheduled exports: run what is due.
     #[command(subcommand)]
     Schedule(crate::cli_export::ScheduleCommand),
+    /// Privacy requests: what is stored about a person, a portable copy, consent decisions,
+    /// erasure, and the audit log of all of them.
+    #[command(subcommand)]
+    Privacy(crate::cli_privacy::PrivacyCommand),
     /// Long-running services: the Segment-compatible collector, the Postgres-protocol SQL
     /// endpoint and the export scheduler. SIGTERM or Ctrl-C stops them gracefully.
     Serve {
@@ -380,6 +384,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Traits(command) => crate::cli_traits::run(command, &cwd, open, &mut out).await,
         Command::Export(command) => crate::cli_export::export(command, open, &mut out).await,
+        Command::Privacy(command) => crate::cli_privacy::run(command, &cwd, open, &mut out).await,
         Command::Schedule(command) => crate::cli_export::schedule(command, open, &mut out).await,
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Segment(command) => {
@@ -436,9 +441,16 @@ fn finish_ingest(
     out: &mut dyn Write,
 ) -> Result<ExitCode> {
     print_report(&report, format, out)?;
-    if report.accepted == 0 {
+    // Rows of forgotten people are refused on purpose: that is not a failed ingest.
+    if report.accepted == 0 && report.suppressed == 0 {
         eprintln!("error: nothing was accepted ({} rejected)", report.rejected);
         return Ok(ExitCode::from(1));
+    }
+    if report.suppressed > 0 && format == OutputFormat::Table {
+        eprintln!(
+            "note: {} row(s) of forgotten people were not stored (see tribe privacy log)",
+            report.suppressed
+        );
     }
     if report.rejected > 0 && format == OutputFormat::Table {
         eprintln!(

@@ -38,6 +38,20 @@ pub struct Config {
     /// `tribe serve`: addresses, write keys, SQL users, TLS, the collector's log.
     #[serde(default)]
     pub serve: crate::serve::ServeConfig,
+    /// Privacy requests: what a forgotten person's new consent does.
+    #[serde(default)]
+    pub privacy: PrivacySection,
+}
+
+/// `[privacy]`: the policy of erasures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySection {
+    /// Whether a forgotten person's message or record that grants consent, dated after the
+    /// erasure, is kept and lifts the tombstone of its identifiers (default: never; the
+    /// person stays forgotten).
+    #[serde(default)]
+    pub new_consent_overrides: bool,
 }
 
 /// `[traits]`: how computed traits read purchases.

@@ -4,7 +4,8 @@
 //! Modules follow the pipeline: `config` and `workspace` (where things are), `storage` (tables
 //! and commits), `ingest` (events and records in), `identity`
 //! (unified profiles), `segment` (the segment language), `traits` (computed traits), `export` and
-//! `schedule` (activation), `serve` (collector and SQL endpoint), `sql` and `output` (queries out), `maintain` (compaction and
+//! `schedule` (activation), `serve` (collector and SQL endpoint), `sql` and `output` (queries out), `privacy` (consent, access and
+//! erasure), `maintain` (compaction and
 //! clean-up), `demo` (generated workspaces).
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod identity;
 pub mod ingest;
 pub mod maintain;
 pub mod output;
+pub mod privacy;
 pub mod schedule;
 pub mod segment;
 pub mod serve;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cli_export;
+mod cli_privacy;
 mod cli_segment;
 mod cli_serve;
 mod cli_traits;

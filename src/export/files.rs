@@ -141,6 +141,31 @@ impl Location {
         }
     }
 
+    /// The names of every object below this location (relative to it), sorted.
+    pub async fn list(&self) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(e))?;
+        let prefix: Vec<_> = self.prefix.parts().collect();
+        let mut names: Vec<String> = objects
+            .iter()
+            .map(|o| {
+                o.location
+                    .parts()
+                    .skip(prefix.len())
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Deletes every object below this location; returns how many.
     pub async fn delete_all(&self) -> Result<usize> {
         use futures::TryStreamExt;

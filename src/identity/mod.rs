@@ -1,5 +1,5 @@
 //! Identity resolution: turns events and records into one profile per person. It owns the
-//! identity tables (`identity_links`, `identities`, `profiles`, `profile_keys`,
+//! identity tables (`identity_links`, `identities`, `profiles`, `profile_consent`, `profile_keys`,
 //! `identity_conflicts`, `profile_merges`, `resolve_runs`) and the `profile_events` view.
 //!
 //! A run reads sightings (identifiers seen together) from the data that is new since the last
@@ -119,6 +119,9 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             sources.push((name, t));
         }
     }
+    if let Some(t) = ws.storage.open(&crate::privacy::consent::spec()).await? {
+        sources.push((crate::privacy::consent::TABLE.to_string(), t));
+    }
     let versions: Versions = sources
         .iter()
         .map(|(n, t)| (n.clone(), t.version().map_or(-1, |v| v as i64)))
@@ -160,6 +163,8 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     for ((name, table), files) in sources.iter().zip(new_files) {
         if name == schema::EVENTS {
             new.extend(sightings::scan_events(&ctx, table, files).await?);
+        } else if name == crate::privacy::consent::TABLE {
+            new.extend(crate::privacy::consent::scan(&ctx, table, files).await?);
         } else {
             new.extend(sightings::scan_records(&ctx, &ws.config, name, table, files).await?);
         }
@@ -250,6 +255,14 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         tables::profiles_batch(&profiles, &config.trait_identifiers)?;
     ws.storage
         .write(&profiles_spec, vec![profiles_batch], WriteMode::Replace)
+        .await?;
+
+    ws.storage
+        .write(
+            &tables::profile_consent(),
+            vec![tables::profile_consent_batch(&profiles)?],
+            WriteMode::Replace,
+        )
         .await?;
 
     let conflicts_spec = tables::conflicts();
@@ -424,6 +437,100 @@ fn profile_keys<'a>(
         }
     }
     out
+}
+
+/// Whether events, records or consent statements changed since the last resolve run (or
+/// there is data and no run yet): profiles do not reflect everything stored.
+pub async fn is_stale(ws: &Workspace) -> Result<bool> {
+    let runs = load_runs(ws).await?;
+    let mut sources = vec![schema::events(&ws.config)];
+    for name in sightings::record_sources(&ws.config) {
+        sources.push(TableSpec::existing(&name, &format!("records/{name}")));
+    }
+    sources.push(crate::privacy::consent::spec());
+    for spec in sources {
+        let Some(table) = ws.storage.open(&spec).await? else {
+            continue;
+        };
+        let version = table.version().map_or(-1, |v| v as i64);
+        let seen = runs
+            .last()
+            .and_then(|r| r.versions.get(&spec.name).copied())
+            .unwrap_or(-1);
+        if version != seen {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// After an erasure: when every commit to the source tables since the last run is a delete
+/// (the erasure's own), records a run of mode `erasure` at the new versions, so that the next
+/// resolve stays incremental instead of reading everything again. The identity tables lost
+/// exactly the erased person's rows, which is what a resolve would have done. Returns whether
+/// it recorded one.
+pub async fn note_erasure(ws: &Workspace, request_id: &str) -> Result<bool> {
+    let runs = load_runs(ws).await?;
+    let Some(last) = runs.last() else {
+        return Ok(false);
+    };
+    let mut sources = vec![schema::events(&ws.config)];
+    for name in sightings::record_sources(&ws.config) {
+        sources.push(TableSpec::existing(&name, &format!("records/{name}")));
+    }
+    sources.push(crate::privacy::consent::spec());
+    let mut versions = last.versions.clone();
+    for spec in sources {
+        let Some(table) = ws.storage.open(&spec).await? else {
+            continue;
+        };
+        let current = table.version().map_or(-1, |v| v as i64);
+        let seen = last.versions.get(&spec.name).copied().unwrap_or(-1);
+        for version in (seen + 1)..=current {
+            let Some(bytes) = table
+                .log_store()
+                .read_commit_entry(version as u64)
+                .await
+                .map_err(|e| Error::delta(&spec.name, e))?
+            else {
+                return Ok(false);
+            };
+            let actions = deltalake::logstore::get_actions(version as u64, &bytes)
+                .map_err(|e| Error::delta(&spec.name, e))?;
+            let delete = actions.iter().any(|a| {
+                matches!(a, deltalake::kernel::Action::CommitInfo(c)
+                    if c.operation.as_deref() == Some("DELETE"))
+            });
+            if !delete {
+                return Ok(false);
+            }
+        }
+        versions.insert(spec.name.clone(), current);
+    }
+    let now = chrono::Utc::now().timestamp_micros();
+    let versions_json = serde_json::to_string(&versions).expect("serialises");
+    let row = tables::rows(
+        &tables::runs(),
+        vec![
+            tables::strings([Some(request_id)]),
+            tables::strings([Some("erasure")]),
+            tables::times([Some(now)])?,
+            tables::times([Some(now)])?,
+            tables::strings([Some(versions_json.as_str())]),
+            tables::longs([0]),
+            tables::longs([0]),
+            tables::longs([0]),
+            tables::longs([0]),
+            tables::longs([0]),
+            tables::longs([0]),
+            tables::longs([0]),
+            tables::strings([Some("[]")]),
+        ],
+    )?;
+    ws.storage
+        .write(&tables::runs(), vec![row], WriteMode::Append)
+        .await?;
+    Ok(true)
 }
 
 /// The completed runs, oldest first.

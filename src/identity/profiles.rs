@@ -23,8 +23,18 @@ pub struct Profile {
     pub last_seen: i64,
     pub events: i64,
     pub sources: BTreeSet<String>,
-    pub consent: BTreeMap<String, bool>,
+    pub consent: BTreeMap<String, Consent>,
     pub traits: BTreeMap<String, Value>,
+}
+
+/// A profile's consent on one channel: its latest statement, when and where it was made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Consent {
+    pub granted: bool,
+    /// Microseconds since the epoch.
+    pub at: i64,
+    /// The event source, record source, or `privacy` (the command) that stated it.
+    pub source: String,
 }
 
 /// Everything known about one trait field of one profile, as the field's rule needs it.
@@ -160,7 +170,7 @@ pub fn build(
         .map(|(channel, key)| (key.as_str(), channel.as_str()))
         .collect();
     let mut traits: HashMap<u32, BTreeMap<String, Acc>> = HashMap::new();
-    let mut consent: HashMap<u32, BTreeMap<String, (i64, bool)>> = HashMap::new();
+    let mut consent: HashMap<u32, BTreeMap<String, Consent>> = HashMap::new();
     // When a profile's events happened: the times records were loaded say less about a person.
     let mut seen: HashMap<u32, (i64, i64)> = HashMap::new();
     for (i, s) in sightings.iter().enumerate() {
@@ -173,13 +183,25 @@ pub fn build(
         }
         let mut state = |channel: &str, v: &Value| {
             if let Some(b) = consent_value(v) {
-                let slot = consent
-                    .entry(r)
-                    .or_default()
-                    .entry(channel.to_string())
-                    .or_insert((i64::MIN, false));
-                if (slot.0, slot.1) <= (s.last_seen, b) {
-                    *slot = (s.last_seen, b);
+                let stated = Consent {
+                    granted: b,
+                    at: s.last_seen,
+                    source: s.source.clone(),
+                };
+                let channels = consent.entry(r).or_default();
+                match channels.get_mut(channel) {
+                    // The latest wins; at the same time a denial wins, then the smaller
+                    // source name, so that the outcome never depends on reading order.
+                    Some(slot) => {
+                        let key =
+                            |c: &Consent| (c.at, !c.granted, std::cmp::Reverse(c.source.clone()));
+                        if key(&stated) > key(slot) {
+                            *slot = stated;
+                        }
+                    }
+                    None => {
+                        channels.insert(channel.to_string(), stated);
+                    }
                 }
             }
         };
@@ -223,7 +245,7 @@ pub fn build(
     }
     for (r, channels) in consent {
         let p = by_root.get_mut(&r).expect("profile exists");
-        p.consent = channels.into_iter().map(|(c, (_, b))| (c, b)).collect();
+        p.consent = channels;
     }
     let mut profiles: Vec<Profile> = by_root.into_values().collect();
     profiles.sort_by(|a, b| a.id.cmp(&b.id));

@@ -39,6 +39,32 @@ pub async fn find_profile(
     ctx: &datafusion::prelude::SessionContext,
     key: &str,
 ) -> Result<String> {
+    let ids = find_profiles(ws, ctx, key).await?;
+    let Some(id) = ids.first().cloned() else {
+        return Err(Error::Input(format!(
+            "no profile has the id or identifier {key:?}"
+        )));
+    };
+    if ids.len() > 1 {
+        return Err(Error::Input(format!(
+            "{key:?} is an identifier of {} profiles ({}); name the type-specific value or a profile id",
+            ids.len(),
+            ids.join(", ")
+        )));
+    }
+    Ok(id)
+}
+
+/// Every profile `key` names: the profile with that id, else the profiles holding it as an
+/// identifier of any type (normalised per type); none when there are no profiles yet.
+pub async fn find_profiles(
+    ws: &Workspace,
+    ctx: &datafusion::prelude::SessionContext,
+    key: &str,
+) -> Result<Vec<String>> {
+    if !ctx.table_exist("profiles").unwrap_or(false) {
+        return Ok(Vec::new());
+    }
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
     let mut ids = column(
         ctx,
@@ -48,7 +74,7 @@ pub async fn find_profile(
         ),
     )
     .await?;
-    if ids.is_empty() {
+    if ids.is_empty() && ctx.table_exist("identities").unwrap_or(false) {
         let normalisers = Normalisers::new(&ws.config.identity)?;
         let types = column(ctx, "select distinct id_type from identities").await?;
         let mut alternatives = Vec::new();
@@ -69,19 +95,7 @@ pub async fn find_profile(
             ids = column(ctx, &query).await?;
         }
     }
-    let Some(id) = ids.first().cloned() else {
-        return Err(Error::Input(format!(
-            "no profile has the id or identifier {key:?}"
-        )));
-    };
-    if ids.len() > 1 {
-        return Err(Error::Input(format!(
-            "{key:?} is an identifier of {} profiles ({}); name the type-specific value or a profile id",
-            ids.len(),
-            ids.join(", ")
-        )));
-    }
-    Ok(id)
+    Ok(ids)
 }
 
 /// Finds the profile `key` names (a profile id, or any identifier) and reads what it holds.
@@ -133,11 +147,16 @@ async fn column(ctx: &datafusion::prelude::SessionContext, query: &str) -> Resul
 
 async fn records(ctx: &datafusion::prelude::SessionContext, query: &str) -> Result<Vec<Record>> {
     let batches: Vec<RecordBatch> = ctx.sql(query).await?.collect().await?;
+    to_records(&batches)
+}
+
+/// Rows as records in column order (values as JSON).
+pub fn to_records(batches: &[RecordBatch]) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for batch in batches {
         let schema = batch.schema();
         let mut writer = arrow::json::ArrayWriter::new(Vec::new());
-        writer.write(&batch)?;
+        writer.write(batch)?;
         writer.finish()?;
         let text = writer.into_inner();
         let rows: Vec<serde_json::Map<String, Value>> = if text.is_empty() {

@@ -180,7 +180,7 @@ pub async fn load(
 
 /// Registers `table` in `ctx` as `name`, restricted to `files` when given; false when there is
 /// nothing to read.
-async fn register(
+pub(crate) async fn register(
     ctx: &SessionContext,
     name: &str,
     table: &DeltaTable,

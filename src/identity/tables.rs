@@ -81,6 +81,48 @@ pub fn conflicts() -> TableSpec {
     )
 }
 
+/// `profile_consent`: each profile's latest consent statement per channel, with its time and
+/// source (the `consent_<channel>` columns of `profiles` hold only the decision).
+pub fn profile_consent() -> TableSpec {
+    spec(
+        "profile_consent",
+        vec![
+            text("profile_id", false),
+            text("channel", false),
+            Field::new("granted", DataType::Boolean, false),
+            ts("stated_at"),
+            text("source", false),
+        ],
+        &[],
+    )
+}
+
+/// The rows of `profile_consent` for `profiles`.
+pub fn profile_consent_batch(profiles: &[Profile]) -> Result<RecordBatch> {
+    let stated: Vec<(&str, &str, &crate::identity::profiles::Consent)> = profiles
+        .iter()
+        .flat_map(|p| {
+            p.consent
+                .iter()
+                .map(move |(ch, c)| (p.id.as_str(), ch.as_str(), c))
+        })
+        .collect();
+    let mut granted = BooleanBuilder::new();
+    stated
+        .iter()
+        .for_each(|r| granted.append_value(r.2.granted));
+    rows(
+        &profile_consent(),
+        vec![
+            strings(stated.iter().map(|r| Some(r.0))),
+            strings(stated.iter().map(|r| Some(r.1))),
+            Arc::new(granted.finish()),
+            times(stated.iter().map(|r| Some(r.2.at)))?,
+            strings(stated.iter().map(|r| Some(r.2.source.as_str()))),
+        ],
+    )
+}
+
 pub fn merges() -> TableSpec {
     spec(
         "profile_merges",
@@ -217,7 +259,7 @@ pub fn profiles_batch(
         let mut b = BooleanBuilder::new();
         profiles
             .iter()
-            .for_each(|p| b.append_option(p.consent.get(channel).copied()));
+            .for_each(|p| b.append_option(p.consent.get(channel).map(|c| c.granted)));
         cols.push((
             Field::new(format!("consent_{channel}"), DataType::Boolean, true),
             Arc::new(b.finish()),

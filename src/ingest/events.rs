@@ -16,6 +16,7 @@ use super::rejected::{RejectedRow, file_label, raw_excerpt};
 use super::{IngestReport, rejected};
 use crate::config::ValueType;
 use crate::error::{Error, Result};
+use crate::privacy::tombstone::{Tombstones, Verdict};
 use crate::storage::append::{Append, CommitResult, KeyScope};
 use crate::storage::{TableSpec, schema};
 use crate::workspace::Workspace;
@@ -34,6 +35,7 @@ struct Parsed {
     batch: EventBatch,
     rejects: Vec<RejectedRow>,
     read: u64,
+    suppressed: u64,
     input_bytes: u64,
 }
 
@@ -42,6 +44,8 @@ pub(crate) struct ParseSetup {
     pub rules: ParseRules,
     pub spec: TableSpec,
     pub typed: Vec<(String, ValueType)>,
+    /// Forgotten people's identifiers: their messages are not stored.
+    pub tombstones: Tombstones,
 }
 
 impl ParseSetup {
@@ -64,6 +68,7 @@ impl ParseSetup {
             },
             spec,
             typed,
+            tombstones: Tombstones::load(ws).await?,
         })
     }
 }
@@ -151,6 +156,7 @@ async fn ingest_once(
         CommitResult::Done(outcome) => report.complete(&outcome, &rejects),
     }
     rejected::store(&ws.storage, &rejects, now).await?;
+    setup.tombstones.record_lifts(ws).await?;
     Ok(Some(report))
 }
 
@@ -174,6 +180,7 @@ async fn ingest_file(
     };
     while let Some(parsed) = rx.recv().await {
         report.read += parsed.read;
+        report.suppressed += parsed.suppressed;
         progress.inc(parsed.input_bytes);
         let had_rejects = !parsed.rejects.is_empty();
         rejects.extend(parsed.rejects);
@@ -235,13 +242,19 @@ fn parse_chunk(
     let mut builder = EventBatchBuilder::new(setup.spec.schema.clone(), &setup.typed);
     let mut rejects = Vec::new();
     let mut read = 0;
+    let mut suppressed = 0;
     for (position, line) in chunk.lines() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         read += 1;
         let outcome = match std::str::from_utf8(line) {
-            Ok(text) => parse_message(text, &setup.rules).map(|row| builder.push(&row, source)),
+            Ok(text) => parse_message(text, &setup.rules).map(|row| {
+                match setup.tombstones.check_event(&row) {
+                    Verdict::Keep => builder.push(&row, source),
+                    Verdict::Suppress => suppressed += 1,
+                }
+            }),
             Err(e) => Err(super::message::Rejection::new(
                 None,
                 format!("invalid UTF-8: {e}"),
@@ -264,6 +277,7 @@ fn parse_chunk(
         batch: builder.finish(),
         rejects,
         read,
+        suppressed,
         input_bytes: chunk.input_bytes,
     }
 }

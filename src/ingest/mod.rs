@@ -26,6 +26,8 @@ pub struct IngestReport {
     /// Accepted rows already stored (same message id or record), not stored again.
     pub duplicates: u64,
     pub rejected: u64,
+    /// Rows of forgotten people (tombstoned identifiers): not stored, only counted.
+    pub suppressed: u64,
     /// Events derived from records (sources with an `event` mapping).
     pub events_inserted: u64,
     /// The first few rejections: `file:line: field: reason`.
@@ -48,7 +50,7 @@ impl IngestReport {
         self.duplicates = outcome.duplicates;
         self.version = outcome.version;
         self.rejected = rejects.len() as u64;
-        self.accepted = self.read - self.rejected;
+        self.accepted = self.read - self.rejected - self.suppressed;
         self.first_rejections = rejects
             .iter()
             .take(REPORTED_REJECTIONS)

@@ -22,6 +22,7 @@ use super::rejected::{RejectedRow, file_label, raw_excerpt};
 use super::{IngestReport, rejected};
 use crate::config::{RecordSource, ValueType};
 use crate::error::{Error, Result};
+use crate::privacy::tombstone::{Tombstones, Verdict};
 use crate::storage::append::{Append, CommitResult, KeyScope, key_hash};
 use crate::storage::{TableSpec, schema, table_schema};
 use crate::workspace::Workspace;
@@ -160,6 +161,7 @@ async fn ingest_once(
     };
     let typed: Vec<(String, ValueType)> =
         schema::typed_properties(&ws.config).into_iter().collect();
+    let stones = Tombstones::load(ws).await?;
     let types: Vec<(String, ValueType)> = spec
         .schema
         .fields()
@@ -195,6 +197,10 @@ async fn ingest_once(
                         rejects.push(reject(row.position, field, reason, &row.raw))
                     }
                     Ok((values, record_id)) => {
+                        if record_verdict(&stones, row, source, now) == Verdict::Suppress {
+                            report.suppressed += 1;
+                            continue;
+                        }
                         if let Some(mapping) = &source.event {
                             match event_of(
                                 row,
@@ -263,7 +269,33 @@ async fn ingest_once(
         CommitResult::Done(outcome) => report.complete(&outcome, &rejects),
     }
     rejected::store(&ws.storage, &rejects, now).await?;
+    stones.record_lifts(ws).await?;
     Ok(Some(report))
+}
+
+/// Whether a row comes from a forgotten person: its identifier columns against the
+/// tombstones, at the row's event time (or now), granting consent when a consent column says so.
+fn record_verdict(stones: &Tombstones, row: &Row, source: &RecordSource, now: i64) -> Verdict {
+    if stones.is_empty() {
+        return Verdict::Keep;
+    }
+    let cell = |c: &str| row.cells.get(c).and_then(|v| v.as_deref());
+    let ids: Vec<(&str, String)> = source
+        .identifiers
+        .iter()
+        .filter_map(|(ty, c)| cell(c).map(|v| (ty.as_str(), v.to_string())))
+        .collect();
+    let at = source
+        .event
+        .as_ref()
+        .and_then(|m| cell(&m.timestamp))
+        .and_then(parse_time)
+        .unwrap_or(now);
+    let grants = source
+        .consent
+        .values()
+        .any(|c| cell(c).and_then(parse_bool) == Some(true));
+    stones.check(&ids, at, grants)
 }
 
 /// Checks a row against the mapping; returns its typed values (in `types` order) and its id.

@@ -18,6 +18,7 @@ use crate::ingest::events::ParseSetup;
 use crate::ingest::input::PositionKind;
 use crate::ingest::message::parse_message;
 use crate::ingest::rejected::{self, RejectedRow, raw_excerpt};
+use crate::privacy::tombstone::{Tombstones, Verdict};
 use crate::storage::append::{Append, CommitResult, KeyScope};
 use crate::workspace::Workspace;
 
@@ -94,12 +95,25 @@ pub(crate) async fn flush_once(
     let now = chrono::Utc::now().timestamp_micros();
     let mut outcome = None;
     let mut rejects = Vec::new();
+    // Loaded at every flush: a person forgotten while the collector runs stays out.
+    let stones = Tombstones::load(ws).await?;
+    let mut suppressed = 0;
     // A concurrent writer that stored some of the same messages makes the append start over.
     for _ in 0..5 {
         rejects.clear();
+        suppressed = 0;
         let mut append =
             Append::start(&ws.storage, &setup.spec, "message_id", KeyScope::PerDay).await?;
-        if let Err(e) = write_segments(&segments, setup, &mut append, &mut rejects).await {
+        if let Err(e) = write_segments(
+            &segments,
+            setup,
+            &stones,
+            &mut append,
+            &mut rejects,
+            &mut suppressed,
+        )
+        .await
+        {
             append.abort().await;
             return Err(e);
         }
@@ -120,6 +134,10 @@ pub(crate) async fn flush_once(
     if !rejects.is_empty() {
         rejected::store(&ws.storage, &rejects, now).await?;
     }
+    stones.record_lifts(ws).await?;
+    if suppressed > 0 {
+        tracing::info!(suppressed, "messages of forgotten people not stored");
+    }
     wal.remove(&segments)?;
     metrics.flushed.inc_by(outcome.inserted);
     metrics.flush_duplicates.inc_by(outcome.duplicates);
@@ -137,8 +155,10 @@ pub(crate) async fn flush_once(
 async fn write_segments(
     segments: &[PathBuf],
     setup: &ParseSetup,
+    stones: &Tombstones,
     append: &mut Append,
     rejects: &mut Vec<RejectedRow>,
+    suppressed: &mut u64,
 ) -> Result<()> {
     let mut builder = EventBatchBuilder::new(setup.spec.schema.clone(), &setup.typed);
     for path in segments {
@@ -155,7 +175,10 @@ async fn write_segments(
         for (index, payload) in segment.records().enumerate() {
             match decode(payload) {
                 Some(Record::Event { source, json }) => match parse_message(json, &setup.rules) {
-                    Ok(row) => builder.push(&row, source),
+                    Ok(row) => match stones.check_event(&row) {
+                        Verdict::Keep => builder.push(&row, source),
+                        Verdict::Suppress => *suppressed += 1,
+                    },
                     // Checked when received; only a config change since then gets here.
                     Err(rejection) => rejects.push(RejectedRow {
                         stage: "collector",

@@ -34,7 +34,10 @@ pub const RESERVED_TABLES: &[&str] = &[
     "trait_models",
     "segment_members",
     "export_runs",
+    "profile_consent",
     "privacy_log",
+    "privacy_consent",
+    "privacy_tombstones",
 ];
 
 /// Properties of the Segment e-commerce and page specs that always get typed columns.
