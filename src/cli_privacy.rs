@@ -210,18 +210,25 @@ pub async fn run(
                 stated_at,
                 source,
             };
-            consent::record(&ws, &statement).await?;
-            let salt = tribe::privacy::salt(&ws).await?;
-            // A forgotten person who consents again: the policy decides whether they return.
+            // A forgotten person's decision would bring them back as a profile: only a grant,
+            // and only when the policy lets new consent override the erasure.
             let stones = tombstone::Tombstones::load(&ws).await?;
-            if grant {
-                stones.check(
+            if stones.holds(&statement.id_type, &statement.id_value) {
+                let verdict = stones.check(
                     &[(statement.id_type.as_str(), statement.id_value.clone())],
                     stated_at,
-                    true,
+                    grant,
                 );
-                stones.record_lifts(&ws).await?;
+                if verdict == tombstone::Verdict::Suppress {
+                    return Err(Error::Input(format!(
+                        "{identifier:?} belongs to a forgotten person: nothing is recorded \
+                         (a grant dated after the erasure is, with [privacy] new_consent_overrides = true)"
+                    )));
+                }
             }
+            consent::record(&ws, &statement).await?;
+            stones.record_lifts(&ws).await?;
+            let salt = tribe::privacy::salt(&ws).await?;
             log::append(
                 &ws,
                 &Entry {

@@ -333,6 +333,19 @@ fn tombstones_keep_the_person_out_unless_new_consent_may_override() {
     );
     let (email, user) = row[0].split_once(',').unwrap();
     ok(tribe(&dir).args(["privacy", "forget", email]));
+    // A consent decision would bring the person back as a profile: refused.
+    let out = common::run(tribe(&dir).args([
+        "privacy",
+        "consent",
+        email,
+        "--type",
+        "email",
+        "--channel",
+        "email",
+        "--deny",
+    ]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forgotten"));
     let identify = |id: &str, ts: &str, opt_in: bool| {
         format!(
             r#"{{"type":"identify","messageId":"{id}","userId":"new-{id}","anonymousId":"anon-{id}","timestamp":"{ts}","traits":{{"email":"  {}  ","email_opt_in":{opt_in}}}}}"#,

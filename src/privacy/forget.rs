@@ -75,11 +75,14 @@ pub async fn forget(ws: &Workspace, key: &str, reason: Option<&str>) -> Result<F
     let salt = super::salt(ws).await?;
     let normalisers = Normalisers::new(&ws.config.identity)?;
     let key_hashes = key_hashes(ws, &salt, &normalisers, key);
-    let (plan, resumed) = match pending(ws)
-        .await?
-        .into_iter()
-        .find(|p| p.key_hashes.iter().any(|h| key_hashes.contains(h)))
-    {
+    let (plan, resumed) = match pending(ws).await?.into_iter().find(|p| {
+        // The same request, or another identifier of the same person.
+        p.key_hashes.iter().any(|h| key_hashes.contains(h))
+            || p.person
+                .identifiers
+                .iter()
+                .any(|(t, v)| key_hashes.contains(&hash_identifier(&salt, t, v)))
+    }) {
         Some(plan) => (plan, true),
         None => {
             if crate::identity::is_stale(ws).await? {
