@@ -14,6 +14,18 @@ use common::{demo, ok, python_run, sql, sql_count, tribe, write};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// `tribe ingest events FILE --format json`, as JSON.
+fn ingest(dir: &Path, file: &Path) -> Value {
+    serde_json::from_str(&ok(tribe(dir).args([
+        "ingest",
+        "events",
+        file.to_str().unwrap(),
+        "--format",
+        "json",
+    ])))
+    .unwrap()
+}
+
 /// Tables whose rows may be added by a privacy request (bookkeeping, no personal data).
 const BOOKKEEPING: &[&str] = &["privacy_log", "privacy_tombstones", "resolve_runs"];
 
@@ -302,14 +314,7 @@ fn a_killed_erasure_completes_when_run_again() {
                     "{}",
                 ),
             );
-            let ingested: Value = serde_json::from_str(&ok(tribe(&dir).args([
-                "ingest",
-                "events",
-                file.to_str().unwrap(),
-                "--format",
-                "json",
-            ])))
-            .unwrap();
+            let ingested: Value = ingest(&dir, &file);
             assert_eq!(ingested["suppressed"], 1, "{ingested}");
             assert_eq!(ingested["inserted"], 0, "{ingested}");
         }
@@ -365,14 +370,7 @@ fn tombstones_keep_the_person_out_unless_new_consent_may_override() {
     ]
     .join("\n");
     let file = write(&dir, "again.jsonl", &lines);
-    let report: Value = serde_json::from_str(&ok(tribe(&dir).args([
-        "ingest",
-        "events",
-        file.to_str().unwrap(),
-        "--format",
-        "json",
-    ])))
-    .unwrap();
+    let report: Value = ingest(&dir, &file);
     assert_eq!(report["suppressed"], 3, "{report}");
     assert_eq!(report["inserted"], 0, "{report}");
     let mention = format!(
@@ -391,14 +389,7 @@ fn tombstones_keep_the_person_out_unless_new_consent_may_override() {
         ),
     )
     .unwrap();
-    let report: Value = serde_json::from_str(&ok(tribe(&dir).args([
-        "ingest",
-        "events",
-        file.to_str().unwrap(),
-        "--format",
-        "json",
-    ])))
-    .unwrap();
+    let report: Value = ingest(&dir, &file);
     assert_eq!(report["inserted"], 1, "only the opt-in is kept: {report}");
     assert_eq!(report["suppressed"], 2, "{report}");
     let later = write(
@@ -416,14 +407,7 @@ fn tombstones_keep_the_person_out_unless_new_consent_may_override() {
         ]
         .join("\n"),
     );
-    let report: Value = serde_json::from_str(&ok(tribe(&dir).args([
-        "ingest",
-        "events",
-        later.to_str().unwrap(),
-        "--format",
-        "json",
-    ])))
-    .unwrap();
+    let report: Value = ingest(&dir, &later);
     assert_eq!(
         report["inserted"], 1,
         "after the consent, new events count: {report}"

@@ -21,7 +21,6 @@ pub mod unionfind;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use arrow::array::Array;
 use futures::TryStreamExt;
 use serde::Serialize;
 
@@ -568,24 +567,7 @@ pub async fn query_table(
     let mut stream = ctx.sql(query).await?.execute_stream().await?;
     let mut out = Vec::new();
     while let Some(b) = stream.try_next().await? {
-        let cols: Vec<_> = b
-            .columns()
-            .iter()
-            .map(sightings::strings)
-            .collect::<Result<_>>()?;
-        for i in 0..b.num_rows() {
-            out.push(
-                cols.iter()
-                    .map(|c| {
-                        if c.is_null(i) {
-                            String::new()
-                        } else {
-                            c.value(i).to_string()
-                        }
-                    })
-                    .collect(),
-            );
-        }
+        out.extend(sightings::text_rows(&b)?);
     }
     Ok(out)
 }

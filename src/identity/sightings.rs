@@ -385,6 +385,24 @@ fn typed(text: &str, ty: Option<&ValueType>) -> Value {
     parsed.unwrap_or_else(|| Value::String(text.to_string()))
 }
 
+/// The rows of a batch as text, null as empty (for bookkeeping queries).
+pub fn text_rows(b: &arrow::array::RecordBatch) -> Result<Vec<Vec<String>>> {
+    let cols: Vec<StringArray> = b.columns().iter().map(strings).collect::<Result<_>>()?;
+    Ok((0..b.num_rows())
+        .map(|i| {
+            cols.iter()
+                .map(|c| {
+                    if c.is_null(i) {
+                        String::new()
+                    } else {
+                        c.value(i).to_string()
+                    }
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// A string column of any string encoding as plain `Utf8`.
 pub fn strings(col: &ArrayRef) -> Result<StringArray> {
     let utf8 = cast(col, &DataType::Utf8)?;

@@ -197,20 +197,10 @@ pub fn key_hashes(
     normalisers: &Normalisers,
     key: &str,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut types: BTreeSet<String> = ["email", "phone", "user_id", "anonymous_id"]
-        .into_iter()
-        .map(String::from)
+    let mut out: Vec<String> = person::guessed(ws, normalisers, key)
+        .iter()
+        .map(|(t, v)| hash_identifier(salt, t, v))
         .collect();
-    types.extend(ws.config.identity.priority.iter().cloned());
-    for source in ws.config.records.values() {
-        types.extend(source.identifiers.keys().cloned());
-    }
-    for t in types {
-        if let Ok(v) = normalisers.normalise(&t, key) {
-            out.push(hash_identifier(salt, &t, &v));
-        }
-    }
     out.push(hash_identifier(salt, "profile_id", key.trim()));
     out
 }

@@ -345,7 +345,7 @@ pub async fn find(ws: &Workspace, ctx: &SessionContext, key: &str) -> Result<Per
 }
 
 /// The identifiers an unknown key would be under: each type whose normaliser accepts it.
-fn guessed(ws: &Workspace, normalisers: &Normalisers, key: &str) -> Vec<(String, String)> {
+pub fn guessed(ws: &Workspace, normalisers: &Normalisers, key: &str) -> Vec<(String, String)> {
     let mut types: BTreeSet<String> = ["user_id", "anonymous_id", "email", "phone"]
         .into_iter()
         .map(String::from)
@@ -410,23 +410,9 @@ async fn table_exists(ctx: &SessionContext, name: &str) -> bool {
 
 /// The rows of a query as text (null as empty).
 async fn text_rows(ctx: &SessionContext, query: &str) -> Result<Vec<Vec<String>>> {
-    let batches = ctx.sql(query).await?.collect().await?;
     let mut out = Vec::new();
-    for b in batches {
-        let cols: Vec<_> = b.columns().iter().map(strings).collect::<Result<_>>()?;
-        for i in 0..b.num_rows() {
-            out.push(
-                cols.iter()
-                    .map(|c| {
-                        if c.is_null(i) {
-                            String::new()
-                        } else {
-                            c.value(i).to_string()
-                        }
-                    })
-                    .collect(),
-            );
-        }
+    for b in ctx.sql(query).await?.collect().await? {
+        out.extend(crate::identity::sightings::text_rows(&b)?);
     }
     Ok(out)
 }
