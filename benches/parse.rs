@@ -20,6 +20,25 @@ fn parse(c: &mut Criterion) {
     group.bench_function("order_completed", |b| {
         b.iter(|| parse_message(line, &rules).unwrap())
     });
+    // What a workspace with forgotten people adds per message: the tombstone check (salted
+    // hashes of the user id and anonymous id against 10,000 tombstones).
+    let config = tribe::config::Config::default();
+    let states = (0..10_000).map(|i| {
+        let hash = tribe::privacy::hash_identifier(b"salt", "email", &format!("p{i}@example.com"));
+        let state = tribe::privacy::tombstone::State {
+            forgotten_at: 0,
+            lifted_from: None,
+        };
+        (hash, state)
+    });
+    let stones =
+        tribe::privacy::tombstone::Tombstones::new(b"salt".to_vec(), &config, states).unwrap();
+    group.bench_function("order_completed_with_tombstones", |b| {
+        b.iter(|| {
+            let row = parse_message(line, &rules).unwrap();
+            stones.check_event(&row)
+        })
+    });
     group.finish();
 }
 

@@ -171,11 +171,7 @@ pub async fn run(
                     head.as_object_mut().map(|o| o.remove("tables"));
                     print_report(&head, OutputFormat::Table, out)?;
                     writeln!(out).map_err(io)?;
-                    let touched: Vec<_> = report
-                        .tables
-                        .iter()
-                        .filter(|t| t.rows_deleted + t.old_files_removed > 0)
-                        .collect();
+                    let touched: Vec<_> = report.tables.iter().filter(|t| t.touched()).collect();
                     print_rows(&touched, OutputFormat::Table, out)?;
                 }
                 other => print_report(&report, other, out)?,
@@ -186,7 +182,7 @@ pub async fn run(
             identifier,
             channel,
             grant,
-            deny,
+            deny: _,
             at,
             source,
             id_type,
@@ -194,7 +190,6 @@ pub async fn run(
             format,
         } => {
             let ws = open()?;
-            debug_assert!(grant != deny);
             let stated_at = match at {
                 Some(a) => tribe::segment::parse_as_of(Some(&a))?.timestamp_micros(),
                 None => chrono::Utc::now().timestamp_micros(),
@@ -213,25 +208,23 @@ pub async fn run(
             // A forgotten person's decision would bring them back as a profile: only a grant,
             // and only when the policy lets new consent override the erasure.
             let stones = tombstone::Tombstones::load(&ws).await?;
-            if stones.holds(&statement.id_type, &statement.id_value) {
-                let verdict = stones.check(
-                    &[(statement.id_type.as_str(), statement.id_value.clone())],
-                    stated_at,
-                    grant,
-                );
-                if verdict == tombstone::Verdict::Suppress {
-                    return Err(Error::Input(format!(
-                        "{identifier:?} belongs to a forgotten person: nothing is recorded \
-                         (a grant dated after the erasure is, with [privacy] new_consent_overrides = true)"
-                    )));
-                }
+            let verdict = stones.check(
+                &[(statement.id_type.as_str(), statement.id_value.as_str())],
+                stated_at,
+                grant,
+            );
+            if verdict == tombstone::Verdict::Suppress {
+                return Err(Error::Input(format!(
+                    "{identifier:?} belongs to a forgotten person: nothing is recorded \
+                     (a grant dated after the erasure is, with [privacy] new_consent_overrides = true)"
+                )));
             }
             consent::record(&ws, &statement).await?;
             stones.record_lifts(&ws).await?;
             let salt = tribe::privacy::salt(&ws).await?;
             log::append(
                 &ws,
-                &Entry {
+                &[Entry {
                     logged_at: chrono::Utc::now().timestamp_micros(),
                     request_id: statement.statement_id.clone(),
                     action: "consent".into(),
@@ -247,7 +240,7 @@ pub async fn run(
                         statement.channel
                     ),
                     details: None,
-                },
+                }],
             )
             .await?;
             if !no_resolve {
@@ -313,10 +306,7 @@ async fn consent_target(
             "no profile has the identifier {key:?}; name its type with --type email|phone|user_id|…"
         )));
     };
-    let named = found
-        .identifiers
-        .iter()
-        .find(|(t, v)| normalisers.normalise(t, key).is_ok_and(|n| &n == v));
+    let named = found.named(&normalisers, key);
     let priority = &ws.config.identity.priority;
     let strongest = found.identifiers.iter().min_by_key(|(t, _)| {
         priority

@@ -26,4 +26,15 @@ pub mod traits;
 pub mod workspace;
 
 pub use error::{Error, Result};
+
+/// A crash-test seam: with `TRIBE_TEST_PAUSE_AT=<step>` the process stops at that step (and
+/// says so on stderr) so that a test can kill it there. Exports and erasures use it.
+pub(crate) fn pause_point(step: &str) {
+    if std::env::var("TRIBE_TEST_PAUSE_AT").is_ok_and(|s| s == step) {
+        eprintln!("paused at {step}");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
+    }
+}
 pub use workspace::Workspace;

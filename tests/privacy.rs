@@ -491,6 +491,28 @@ fn consent_decisions_latest_wins_and_segments_and_exports_see_them() {
     assert!(members.contains(pid), "{members}");
     let members = ok(tribe(&dir).args(["segment", "run", "email_ok", "--format", "csv"]));
     assert!(!members.contains(pid), "{members}");
+    // An export that needs e-mail consent leaves the person out while they deny it, and
+    // takes them once a newer decision grants it.
+    write(
+        &dir,
+        "exports/consent_check.toml",
+        "segment = \"analytics_ok\"\nconsent = \"email\"\ncolumns = [\"profile_id\"]\n",
+    );
+    let audience = || {
+        let run: Value = serde_json::from_str(&ok(tribe(&dir).args([
+            "export",
+            "run",
+            "consent_check",
+            "--format",
+            "json",
+        ])))
+        .unwrap();
+        let folder = run["destination"].as_str().unwrap().trim_start_matches("file://");
+        std::fs::read_to_string(Path::new(folder).join("audience-00000.csv")).unwrap()
+    };
+    assert!(!audience().contains(pid), "denied e-mail consent, not exported");
+    ok(tribe(&dir).args(["privacy", "consent", pid, "--channel", "email", "--grant"]));
+    assert!(audience().contains(pid), "granted again, exported");
     // Unknown identifiers need their type.
     let out = common::run(tribe(&dir).args([
         "privacy",

@@ -141,8 +141,8 @@ impl Location {
         }
     }
 
-    /// The names of every object below this location (relative to it), sorted.
-    pub async fn list(&self) -> Result<Vec<String>> {
+    /// The names (relative to this location) and sizes of every object below it, by name.
+    pub async fn list(&self) -> Result<Vec<(String, u64)>> {
         use futures::TryStreamExt;
         let objects: Vec<_> = self
             .store
@@ -151,15 +151,17 @@ impl Location {
             .await
             .map_err(|e| self.err(e))?;
         let prefix: Vec<_> = self.prefix.parts().collect();
-        let mut names: Vec<String> = objects
+        let mut names: Vec<(String, u64)> = objects
             .iter()
             .map(|o| {
-                o.location
+                let name = o
+                    .location
                     .parts()
                     .skip(prefix.len())
                     .map(|p| p.as_ref().to_string())
                     .collect::<Vec<_>>()
-                    .join("/")
+                    .join("/");
+                (name, o.size)
             })
             .collect();
         names.sort();
@@ -310,6 +312,13 @@ fn parquet_bytes(
     }
     w.close()?;
     Ok(buf)
+}
+
+/// Every row of a Parquet file held in memory (states, run files).
+pub fn read_parquet(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>> {
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
 /// Splits rows into pieces of at most `max` rows (one piece, maybe empty, without a limit).

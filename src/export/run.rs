@@ -139,17 +139,6 @@ pub fn find<'a>(ws: &'a Workspace, name: &str) -> Result<&'a ExportConfig> {
     })
 }
 
-/// A crash-test seam: with `TRIBE_TEST_PAUSE_AT=<step>` the process stops at that step (and
-/// says so on stderr) so that a test can kill it there.
-fn pause_point(step: &str) {
-    if std::env::var("TRIBE_TEST_PAUSE_AT").is_ok_and(|s| s == step) {
-        eprintln!("paused at {step}");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(60));
-        }
-    }
-}
-
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
@@ -243,7 +232,7 @@ pub async fn run(ws: &Workspace, name: &str, req: &RunRequest) -> Result<RunOutc
             break runs;
         }
     };
-    pause_point("claimed");
+    crate::pause_point("claimed");
     let mut phases = vec![(
         "prepare".to_string(),
         round3(started.elapsed().as_secs_f64()),
@@ -420,7 +409,7 @@ async fn deliver(
                         p.name, prev.run_id, state.url
                     ))
                 })?;
-            Some(read_parquet(bytes)?)
+            Some(files::read_parquet(bytes)?)
         }
         None => None,
     };
@@ -475,7 +464,7 @@ async fn deliver(
         if i == 0 {
             // The first file alone, so that a crash test can stop between files.
             dest.put(&entry.name, bytes).await?;
-            pause_point("first-file");
+            crate::pause_point("first-file");
         } else {
             pending.push(dest.put_owned(entry.name.clone(), bytes));
         }
@@ -483,7 +472,7 @@ async fn deliver(
     }
     pending.push(state.put_owned(state_name, state_bytes));
     futures::future::try_join_all(pending).await?;
-    pause_point("files");
+    crate::pause_point("files");
     phase("write");
     let manifest = Manifest {
         run_id: claim.run_id.clone(),
@@ -503,7 +492,7 @@ async fn deliver(
     };
     let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     dest.put(MANIFEST, text).await?;
-    pause_point("manifest");
+    crate::pause_point("manifest");
     let mut row = claim.clone();
     row.status = status::DELIVERED.into();
     row.recorded_at = micros(Utc::now());
@@ -517,12 +506,6 @@ async fn deliver(
 
 fn without_id(schema: &Schema) -> Schema {
     Schema::new(schema.fields()[1..].to_vec())
-}
-
-fn read_parquet(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>> {
-    let reader =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
 }
 
 fn ids(batches: &[RecordBatch]) -> Result<Vec<arrow::array::ArrayRef>> {

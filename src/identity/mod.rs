@@ -109,17 +109,10 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
 
     // Source tables, and the files of each that are new since the last run.
     let mut sources: Vec<(String, deltalake::DeltaTable)> = Vec::new();
-    if let Some(t) = ws.storage.open(&schema::events(&ws.config)).await? {
-        sources.push((schema::EVENTS.to_string(), t));
-    }
-    for name in sightings::record_sources(&ws.config) {
-        let spec = TableSpec::existing(&name, &format!("records/{name}"));
+    for spec in source_specs(ws) {
         if let Some(t) = ws.storage.open(&spec).await? {
-            sources.push((name, t));
+            sources.push((spec.name, t));
         }
-    }
-    if let Some(t) = ws.storage.open(&crate::privacy::consent::spec()).await? {
-        sources.push((crate::privacy::consent::TABLE.to_string(), t));
     }
     let versions: Versions = sources
         .iter()
@@ -438,16 +431,22 @@ fn profile_keys<'a>(
     out
 }
 
+/// The tables resolution reads, by the names `resolve_runs` records their versions under:
+/// `events`, each record source with identifiers, and the consent statements.
+fn source_specs(ws: &Workspace) -> Vec<TableSpec> {
+    let mut specs = vec![schema::events(&ws.config)];
+    for name in sightings::record_sources(&ws.config) {
+        specs.push(TableSpec::existing(&name, &format!("records/{name}")));
+    }
+    specs.push(crate::privacy::consent::spec());
+    specs
+}
+
 /// Whether events, records or consent statements changed since the last resolve run (or
 /// there is data and no run yet): profiles do not reflect everything stored.
 pub async fn is_stale(ws: &Workspace) -> Result<bool> {
     let runs = load_runs(ws).await?;
-    let mut sources = vec![schema::events(&ws.config)];
-    for name in sightings::record_sources(&ws.config) {
-        sources.push(TableSpec::existing(&name, &format!("records/{name}")));
-    }
-    sources.push(crate::privacy::consent::spec());
-    for spec in sources {
+    for spec in source_specs(ws) {
         let Some(table) = ws.storage.open(&spec).await? else {
             continue;
         };
@@ -473,36 +472,24 @@ pub async fn note_erasure(ws: &Workspace, request_id: &str) -> Result<bool> {
     let Some(last) = runs.last() else {
         return Ok(false);
     };
-    let mut sources = vec![schema::events(&ws.config)];
-    for name in sightings::record_sources(&ws.config) {
-        sources.push(TableSpec::existing(&name, &format!("records/{name}")));
-    }
-    sources.push(crate::privacy::consent::spec());
     let mut versions = last.versions.clone();
-    for spec in sources {
+    for spec in source_specs(ws) {
         let Some(table) = ws.storage.open(&spec).await? else {
             continue;
         };
         let current = table.version().map_or(-1, |v| v as i64);
         let seen = last.versions.get(&spec.name).copied().unwrap_or(-1);
-        for version in (seen + 1)..=current {
-            let Some(bytes) = table
-                .log_store()
-                .read_commit_entry(version as u64)
-                .await
-                .map_err(|e| Error::delta(&spec.name, e))?
-            else {
-                return Ok(false);
-            };
-            let actions = deltalake::logstore::get_actions(version as u64, &bytes)
-                .map_err(|e| Error::delta(&spec.name, e))?;
-            let delete = actions.iter().any(|a| {
+        let Some(commits) = crate::storage::commits_since(&table, seen).await? else {
+            return Ok(false);
+        };
+        let all_deletes = commits.iter().all(|actions| {
+            actions.iter().any(|a| {
                 matches!(a, deltalake::kernel::Action::CommitInfo(c)
                     if c.operation.as_deref() == Some("DELETE"))
-            });
-            if !delete {
-                return Ok(false);
-            }
+            })
+        });
+        if !all_deletes {
+            return Ok(false);
         }
         versions.insert(spec.name.clone(), current);
     }

@@ -17,7 +17,8 @@ use crate::identity::profiles::{Profile, traits_json};
 use crate::storage::TableSpec;
 use crate::storage::schema::timestamp_type;
 
-fn spec(name: &str, fields: Vec<Field>, partition: &[&str]) -> TableSpec {
+/// A table stored under the root by its own name (the tables of stages after ingestion).
+pub fn spec(name: &str, fields: Vec<Field>, partition: &[&str]) -> TableSpec {
     TableSpec {
         name: name.into(),
         path: name.into(),
@@ -26,10 +27,12 @@ fn spec(name: &str, fields: Vec<Field>, partition: &[&str]) -> TableSpec {
     }
 }
 
-fn text(name: &str, nullable: bool) -> Field {
+/// A text column.
+pub fn text(name: &str, nullable: bool) -> Field {
     Field::new(name, DataType::Utf8, nullable)
 }
-fn ts(name: &str) -> Field {
+/// A nullable UTC timestamp column (microseconds).
+pub fn ts(name: &str) -> Field {
     Field::new(name, timestamp_type(), true)
 }
 fn long(name: &str) -> Field {

@@ -280,10 +280,10 @@ fn record_verdict(stones: &Tombstones, row: &Row, source: &RecordSource, now: i6
         return Verdict::Keep;
     }
     let cell = |c: &str| row.cells.get(c).and_then(|v| v.as_deref());
-    let ids: Vec<(&str, String)> = source
+    let ids: Vec<(&str, &str)> = source
         .identifiers
         .iter()
-        .filter_map(|(ty, c)| cell(c).map(|v| (ty.as_str(), v.to_string())))
+        .filter_map(|(ty, c)| cell(c).map(|v| (ty.as_str(), v)))
         .collect();
     let at = source
         .event

@@ -84,15 +84,15 @@ pub async fn gather(
         access.tables.iter().map(|(k, v)| (k, v.len())).collect();
     log::append(
         ws,
-        &Entry {
+        &[Entry {
             logged_at: chrono::Utc::now().timestamp_micros(),
             request_id,
             action: action.into(),
-            identifier_hash: hashes[0].clone(),
+            identifier_hash: super::forget::request_hash(&salt, &normalisers, &found, key, &hashes),
             reason: reason.map(str::to_string),
             outcome: outcome.into(),
             details: Some(serde_json::json!({ "rows": counts }).to_string()),
-        },
+        }],
     )
     .await?;
     Ok(access)

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::BooleanArray;
+use arrow::datatypes::{DataType, Field};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use deltalake::kernel::Add;
@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::identity::sightings::{Kind, Sighting, ints, strings};
+use crate::identity::tables::{self, text};
 use crate::storage::schema::timestamp_type;
 use crate::storage::{TableSpec, WriteMode};
 use crate::workspace::Workspace;
@@ -23,21 +24,20 @@ use crate::workspace::Workspace;
 pub const TABLE: &str = "privacy_consent";
 
 pub fn spec() -> TableSpec {
-    TableSpec {
-        name: TABLE.into(),
-        path: TABLE.into(),
-        schema: Arc::new(Schema::new(vec![
-            Field::new("statement_id", DataType::Utf8, false),
-            Field::new("id_type", DataType::Utf8, false),
-            Field::new("id_value", DataType::Utf8, false),
-            Field::new("channel", DataType::Utf8, false),
+    tables::spec(
+        TABLE,
+        vec![
+            text("statement_id", false),
+            text("id_type", false),
+            text("id_value", false),
+            text("channel", false),
             Field::new("granted", DataType::Boolean, false),
             Field::new("stated_at", timestamp_type(), false),
-            Field::new("source", DataType::Utf8, false),
+            text("source", false),
             Field::new("recorded_at", timestamp_type(), false),
-        ])),
-        partition_columns: vec![],
-    }
+        ],
+        &[],
+    )
 }
 
 /// One consent statement.
@@ -69,22 +69,19 @@ pub async fn record(ws: &Workspace, s: &Statement) -> Result<()> {
             s.channel
         )));
     }
-    let text = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
-    let time = |v: i64| {
-        Arc::new(TimestampMicrosecondArray::from(vec![v]).with_timezone("UTC")) as ArrayRef
-    };
     let spec = spec();
-    let batch = RecordBatch::try_new(
-        spec.schema.clone(),
+    let one = |v: &str| tables::strings([Some(v)]);
+    let batch = tables::rows(
+        &spec,
         vec![
-            text(&s.statement_id),
-            text(&s.id_type),
-            text(&s.id_value),
-            text(&s.channel),
+            one(&s.statement_id),
+            one(&s.id_type),
+            one(&s.id_value),
+            one(&s.channel),
             Arc::new(BooleanArray::from(vec![s.granted])),
-            time(s.stated_at),
-            text(&s.source),
-            time(chrono::Utc::now().timestamp_micros()),
+            tables::times([Some(s.stated_at)])?,
+            one(&s.source),
+            tables::times([Some(chrono::Utc::now().timestamp_micros())])?,
         ],
     )?;
     ws.storage

@@ -5,7 +5,7 @@
 //! byte for byte a row the state delivered for them. Files are rewritten first and the states
 //! last, so a crash in between leaves the states that a re-run needs to finish the job.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, BooleanArray, RecordBatch};
@@ -14,6 +14,7 @@ use arrow::datatypes::Schema;
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
+use crate::export::audience::PROFILE_ID;
 use crate::export::files::{self, Location, MANIFEST, Manifest};
 use crate::export::runs;
 use crate::identity::sightings::strings;
@@ -28,89 +29,143 @@ pub struct ExportErasure {
     pub state_files_rewritten: u64,
 }
 
+/// One export state file that holds rows of the person, read in full.
+struct State {
+    export: String,
+    run: String,
+    /// Its name below `export_state/`.
+    name: String,
+    batches: Vec<RecordBatch>,
+}
+
+impl State {
+    /// Which rows are the person's.
+    fn mine(&self, ids: &HashSet<&str>) -> Result<Vec<Vec<bool>>> {
+        self.batches
+            .iter()
+            .map(|b| {
+                let pid = strings(b.column(0))?;
+                Ok((0..b.num_rows())
+                    .map(|i| !pid.is_null(i) && ids.contains(pid.value(i)))
+                    .collect())
+            })
+            .collect()
+    }
+
+    /// The person's rows as delivered (without the profile id).
+    fn theirs(&self, ids: &HashSet<&str>) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for (b, mine) in self.batches.iter().zip(self.mine(ids)?) {
+            out.push(without_id(&filter_record_batch(
+                b,
+                &BooleanArray::from(mine),
+            )?)?);
+        }
+        Ok(out)
+    }
+
+    /// Everyone else's rows.
+    fn others(&self, ids: &HashSet<&str>) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for (b, mine) in self.batches.iter().zip(self.mine(ids)?) {
+            let keep: BooleanArray = mine.iter().map(|m| Some(!m)).collect();
+            out.push(filter_record_batch(b, &keep)?);
+        }
+        Ok(out)
+    }
+}
+
+/// The state files that hold rows of `ids`. Every state is checked by its profile id column
+/// alone (ranged reads); only those that hold the person are read in full.
+async fn states_of(states: &Location, ids: &HashSet<&str>) -> Result<Vec<State>> {
+    let mut out = Vec::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let id_column: BTreeSet<&str> = [PROFILE_ID].into();
+    for (name, size) in states.list().await? {
+        let Some((export, run)) = name
+            .strip_suffix(".parquet")
+            .and_then(|n| n.split_once('/'))
+        else {
+            continue;
+        };
+        let path = states.path(&name);
+        let holds = super::parquet_any(states.store.clone(), &path, size, &id_column, |b| {
+            let pid = strings(b.column(0))?;
+            Ok((0..b.num_rows()).any(|i| !pid.is_null(i) && ids.contains(pid.value(i))))
+        })
+        .await?;
+        if !holds {
+            continue;
+        }
+        let Some(bytes) = states.get(&name).await? else {
+            continue;
+        };
+        out.push(State {
+            export: export.to_string(),
+            run: run.to_string(),
+            name: name.clone(),
+            batches: files::read_parquet(bytes)?,
+        });
+    }
+    Ok(out)
+}
+
+fn id_set(profile_ids: &[String]) -> HashSet<&str> {
+    profile_ids.iter().map(String::as_str).collect()
+}
+
 /// Removes the rows of `profile_ids` from every owned export file and state.
 pub async fn erase(ws: &Workspace, profile_ids: &[String]) -> Result<ExportErasure> {
     let mut out = ExportErasure::default();
-    if profile_ids.is_empty() {
-        return Ok(out);
+    let ids = id_set(profile_ids);
+    let place = Location::resolve(ws.storage.root(), "export_state/")?;
+    let mut by_export: BTreeMap<String, Vec<State>> = BTreeMap::new();
+    for state in states_of(&place, &ids).await? {
+        by_export
+            .entry(state.export.clone())
+            .or_default()
+            .push(state);
     }
-    let ids: HashSet<&str> = profile_ids.iter().map(String::as_str).collect();
-    let states = Location::resolve(ws.storage.root(), "export_state/")?;
-    let mut by_export: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for name in states.list().await? {
-        if let Some((export, file)) = name.split_once('/')
-            && file.ends_with(".parquet")
-        {
-            by_export
-                .entry(export.to_string())
-                .or_default()
-                .push(file.to_string());
-        }
+    if by_export.is_empty() {
+        return Ok(out);
     }
     let runs_table = ws
         .storage
         .open(&TableSpec::existing(runs::TABLE, runs::TABLE))
         .await?;
     let root = ws.storage.root().as_str().to_string();
-    for (export, state_files) in by_export {
+    for (export, states) in by_export {
         // The person's rows as delivered, from every state of the export.
         let mut theirs: Vec<RecordBatch> = Vec::new();
-        let mut states_with: Vec<(String, Vec<RecordBatch>)> = Vec::new();
-        for file in &state_files {
-            let name = format!("{export}/{file}");
-            let Some(bytes) = states.get(&name).await? else {
-                continue;
-            };
-            let batches = read_parquet(bytes)?;
-            let mut kept = Vec::new();
-            let mut found = false;
-            for b in &batches {
-                let pid = strings(b.column(0))?;
-                let mine: Vec<bool> = (0..b.num_rows())
-                    .map(|i| !pid.is_null(i) && ids.contains(pid.value(i)))
-                    .collect();
-                if mine.iter().any(|m| *m) {
-                    found = true;
-                    let rows =
-                        without_id(&filter_record_batch(b, &BooleanArray::from(mine.clone()))?)?;
-                    theirs.push(rows);
-                }
-                let keep: BooleanArray = mine.iter().map(|m| Some(!m)).collect();
-                kept.push(filter_record_batch(b, &keep)?);
-            }
-            if found {
-                states_with.push((name, kept));
-            }
-        }
-        if theirs.is_empty() {
-            continue;
+        for state in &states {
+            theirs.extend(state.theirs(&ids)?);
         }
         let delivered = match &runs_table {
             Some(t) => runs::read(t, Some(&export)).await?,
             None => Vec::new(),
         };
-        let mut seen = HashSet::new();
-        for run in delivered {
-            let Some(dest) = run.destination.clone() else {
-                continue;
-            };
+        let destinations: BTreeSet<String> = delivered
+            .into_iter()
+            .filter_map(|r| r.destination)
+            .collect();
+        for dest in destinations {
             // Files delivered elsewhere are the recipient's; only our own storage is rewritten.
-            if !dest.starts_with(&root) || !seen.insert(dest.clone()) {
+            if !dest.starts_with(&root) {
                 continue;
             }
-            let place = Location::resolve(ws.storage.root(), &dest)?;
-            let (files, rows) = rewrite_run(&place, &theirs).await?;
+            let run_place = Location::resolve(ws.storage.root(), &dest)?;
+            let (files, rows) = rewrite_run(&run_place, &theirs).await?;
             out.files_rewritten += files;
             out.rows_removed += rows;
         }
-        super::pause_point("export-files");
-        for (name, kept) in states_with {
-            let schema = kept
-                .first()
-                .map(|b| b.schema())
-                .expect("a state with the person has batches");
-            states
-                .put(&name, files::encode_state(&schema, &kept)?)
+        crate::pause_point("export-files");
+        for state in &states {
+            let kept = state.others(&ids)?;
+            let schema = state.batches[0].schema();
+            place
+                .put(&state.name, files::encode_state(&schema, &kept)?)
                 .await?;
             out.state_files_rewritten += 1;
         }
@@ -123,33 +178,14 @@ pub async fn state_rows(
     ws: &Workspace,
     profile_ids: &[String],
 ) -> Result<Vec<crate::identity::show::Record>> {
-    let ids: HashSet<&str> = profile_ids.iter().map(String::as_str).collect();
+    let ids = id_set(profile_ids);
+    let place = Location::resolve(ws.storage.root(), "export_state/")?;
     let mut out = Vec::new();
-    if ids.is_empty() {
-        return Ok(out);
-    }
-    let states = Location::resolve(ws.storage.root(), "export_state/")?;
-    for name in states.list().await? {
-        let Some((export, run)) = name
-            .strip_suffix(".parquet")
-            .and_then(|n| n.split_once('/'))
-        else {
-            continue;
-        };
-        let Some(bytes) = states.get(&name).await? else {
-            continue;
-        };
-        for b in read_parquet(bytes)? {
-            let pid = strings(b.column(0))?;
-            let mine: BooleanArray = (0..b.num_rows())
-                .map(|i| Some(!pid.is_null(i) && ids.contains(pid.value(i))))
-                .collect();
-            let rows = without_id(&filter_record_batch(&b, &mine)?)?;
-            for mut r in crate::identity::show::to_records(&[rows])? {
-                r.0.insert(0, ("run_id".into(), run.into()));
-                r.0.insert(0, ("export".into(), export.into()));
-                out.push(r);
-            }
+    for state in states_of(&place, &ids).await? {
+        for mut r in crate::identity::show::to_records(&state.theirs(&ids)?)? {
+            r.0.insert(0, ("run_id".into(), state.run.clone().into()));
+            r.0.insert(0, ("export".into(), state.export.clone().into()));
+            out.push(r);
         }
     }
     Ok(out)
@@ -238,7 +274,7 @@ fn filter_lines(bytes: &[u8], lines: &HashSet<Vec<u8>>, header: bool) -> (Vec<u8
 
 /// A Parquet file without the rows whose JSON line is in `json`.
 fn filter_parquet(bytes: bytes::Bytes, json: &HashSet<Vec<u8>>) -> Result<(Vec<u8>, u64)> {
-    let batches = read_parquet(bytes)?;
+    let batches = files::read_parquet(bytes)?;
     let Some(schema) = batches.first().map(|b| b.schema()) else {
         return Ok((Vec::new(), 0));
     };
@@ -247,7 +283,8 @@ fn filter_parquet(bytes: bytes::Bytes, json: &HashSet<Vec<u8>>) -> Result<(Vec<u
     for b in &batches {
         let lines = lines_of("jsonl", b)?;
         if lines.len() != b.num_rows() {
-            // A value with a line break inside: compare row by row instead.
+            // JSON lines escape line breaks, so each row is one line; anything else is a bug
+            // worth stopping for rather than a row left behind.
             return Err(crate::Error::Other(
                 "an export file's rows could not be matched line by line".into(),
             ));
@@ -265,10 +302,4 @@ fn filter_parquet(bytes: bytes::Bytes, json: &HashSet<Vec<u8>>) -> Result<(Vec<u
 fn without_id(b: &RecordBatch) -> Result<RecordBatch> {
     let schema = Arc::new(Schema::new(b.schema().fields()[1..].to_vec()));
     Ok(RecordBatch::try_new(schema, b.columns()[1..].to_vec())?)
-}
-
-fn read_parquet(bytes: bytes::Bytes) -> Result<Vec<RecordBatch>> {
-    let reader =
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log::{self, Entry};
 use super::person::{self, Person, TableMatch};
-use super::{exports, folder, hash_identifier, pause_point, tombstone};
+use super::{exports, folder, hash_identifier, tombstone};
 use crate::error::{Error, Result};
 use crate::identity::normalize::Normalisers;
 use crate::storage::{TableSpec, table_schema, writer_properties};
@@ -36,6 +36,13 @@ pub struct TableErasure {
     pub files_rewritten: u64,
     /// Superseded data files holding the person that were deleted from storage.
     pub old_files_removed: u64,
+}
+
+impl TableErasure {
+    /// Whether the erasure changed anything in this table.
+    pub fn touched(&self) -> bool {
+        self.rows_deleted + self.old_files_removed > 0
+    }
 }
 
 /// What `forget` did.
@@ -93,8 +100,8 @@ pub async fn forget(ws: &Workspace, key: &str, reason: Option<&str>) -> Result<F
             let plan = Plan {
                 request_id: log::request_id("forget"),
                 reason: reason.map(str::to_string),
-                key_hashes: key_hashes.clone(),
-                identifier_hash: key_hashes[0].clone(),
+                identifier_hash: request_hash(&salt, &normalisers, &found, key, &key_hashes),
+                key_hashes,
                 started_at: chrono::Utc::now().timestamp_micros(),
                 person: found,
             };
@@ -114,31 +121,21 @@ pub async fn forget(ws: &Workspace, key: &str, reason: Option<&str>) -> Result<F
     };
     log::append(
         ws,
-        &entry(if resumed { "resumed" } else { "started" }, None),
+        &[entry(if resumed { "resumed" } else { "started" }, None)],
     )
     .await?;
-    pause_point("forget-planned");
+    crate::pause_point("forget-planned");
 
-    // Tombstones first: from here on, ingestion keeps the person out.
-    let mut hashes: BTreeSet<(String, String)> = plan
+    // Tombstones first: from here on, ingestion keeps the person out. The identifiers are
+    // normalised, so they cover every raw spelling of the person's ids too.
+    let hashes: Vec<(String, String)> = plan
         .person
         .identifiers
         .iter()
         .map(|(t, v)| (t.clone(), hash_identifier(&salt, t, v)))
         .collect();
-    for (ty, raws) in [
-        ("user_id", &plan.person.user_ids),
-        ("anonymous_id", &plan.person.anonymous_ids),
-    ] {
-        for raw in raws {
-            if let Ok(v) = normalisers.normalise(ty, raw) {
-                hashes.insert((ty.to_string(), hash_identifier(&salt, ty, &v)));
-            }
-        }
-    }
-    let hashes: Vec<(String, String)> = hashes.into_iter().collect();
     tombstone::write(ws, &plan.request_id, &hashes, plan.started_at).await?;
-    pause_point("forget-tombstones");
+    crate::pause_point("forget-tombstones");
 
     let matches = plan.person.matches();
     let mut tables = Vec::new();
@@ -150,7 +147,7 @@ pub async fn forget(ws: &Workspace, key: &str, reason: Option<&str>) -> Result<F
             files_rewritten,
             old_files_removed: 0,
         });
-        pause_point(&format!("forget-deleted-{}", m.table));
+        crate::pause_point(&format!("forget-deleted-{}", m.table));
     }
     crate::identity::note_erasure(ws, &plan.request_id).await?;
     let erased = exports::erase(ws, &plan.person.profile_ids()).await?;
@@ -163,18 +160,7 @@ pub async fn forget(ws: &Workspace, key: &str, reason: Option<&str>) -> Result<F
     } else {
         "completed"
     };
-    let details = serde_json::json!({
-        "identifiers": plan.person.identifiers.len(),
-        "rows_deleted": rows_deleted,
-        "tables": tables.iter().filter(|t| t.rows_deleted + t.old_files_removed > 0).map(|t| {
-            serde_json::json!({"table": t.table, "rows": t.rows_deleted, "files_rewritten": t.files_rewritten, "old_files_removed": t.old_files_removed})
-        }).collect::<Vec<_>>(),
-        "export_files_rewritten": erased.files_rewritten,
-        "export_rows_removed": erased.rows_removed,
-    });
-    log::append(ws, &entry(outcome, Some(details.to_string()))).await?;
-    folder(ws)?.delete(&plan_name(&plan.request_id)).await?;
-    Ok(ForgetReport {
+    let report = ForgetReport {
         request_id: plan.request_id.clone(),
         identifier_hash: plan.identifier_hash.clone(),
         outcome: outcome.into(),
@@ -186,7 +172,33 @@ pub async fn forget(ws: &Workspace, key: &str, reason: Option<&str>) -> Result<F
         export_files_rewritten: erased.files_rewritten,
         export_rows_removed: erased.rows_removed,
         seconds: (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-    })
+    };
+    // The log gets the counts of the report, never the (pseudonymous) profile id.
+    let details = serde_json::json!({
+        "identifiers": report.identifiers,
+        "rows_deleted": report.rows_deleted,
+        "tables": report.tables.iter().filter(|t| t.touched()).collect::<Vec<_>>(),
+        "export_files_rewritten": report.export_files_rewritten,
+        "export_rows_removed": report.export_rows_removed,
+    });
+    log::append(ws, &[entry(outcome, Some(details.to_string()))]).await?;
+    folder(ws)?.delete(&plan_name(&plan.request_id)).await?;
+    Ok(report)
+}
+
+/// The hash a request shows in the log: of the identifier the key names among the person's,
+/// else of the key under the first type that accepts it.
+pub fn request_hash(
+    salt: &[u8],
+    normalisers: &Normalisers,
+    found: &Person,
+    key: &str,
+    key_hashes: &[String],
+) -> String {
+    match found.named(normalisers, key) {
+        Some((t, v)) => hash_identifier(salt, t, v),
+        None => key_hashes[0].clone(),
+    }
 }
 
 /// The hashes a request by `key` is known under: as a profile id, and under every identifier
@@ -213,7 +225,7 @@ fn plan_name(request_id: &str) -> String {
 async fn pending(ws: &Workspace) -> Result<Vec<Plan>> {
     let place = folder(ws)?;
     let mut plans = Vec::new();
-    for name in place.list().await? {
+    for (name, _) in place.list().await? {
         if !(name.starts_with("pending/") && name.ends_with(".json")) {
             continue;
         }
@@ -255,7 +267,9 @@ async fn delete_rows(ws: &Workspace, m: &TableMatch) -> Result<(u64, u64)> {
                     metrics.num_removed_files as u64,
                 ));
             }
-            Err(deltalake::DeltaTableError::Transaction { .. }) => continue,
+            Err(deltalake::DeltaTableError::Transaction {
+                source: deltalake::kernel::transaction::TransactionError::CommitConflict(_),
+            }) => continue,
             Err(e) => return Err(Error::delta(&m.table, e)),
         }
     }
@@ -287,6 +301,7 @@ async fn purge_superseded(ws: &Workspace, m: &TableMatch) -> Result<u64> {
         .try_collect()
         .await
         .map_err(|e| Error::Other(format!("{}: listing files: {e}", m.table)))?;
+    let columns = m.columns();
     let mut removed = 0;
     for meta in files {
         let path = meta.location.to_string();
@@ -299,17 +314,11 @@ async fn purge_superseded(ws: &Workspace, m: &TableMatch) -> Result<u64> {
         {
             continue;
         }
-        let read = match store.get(&meta.location).await {
-            Ok(r) => r.bytes().await,
-            Err(e) => Err(e),
-        };
-        let bytes = match read {
-            Ok(b) => b,
-            // Gone already (a concurrent vacuum): nothing left to remove.
-            Err(object_store::Error::NotFound { .. }) => continue,
-            Err(e) => return Err(Error::Other(format!("{}: reading {path}: {e}", m.table))),
-        };
-        if holds(m, bytes)? {
+        let holds = super::parquet_any(store.clone(), &meta.location, meta.size, &columns, |b| {
+            Ok(m.rows(b)?.into_iter().any(|hit| hit))
+        })
+        .await?;
+        if holds {
             match store.delete(&meta.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
                 Err(e) => {
@@ -319,32 +328,6 @@ async fn purge_superseded(ws: &Workspace, m: &TableMatch) -> Result<u64> {
         }
     }
     Ok(removed)
-}
-
-/// Whether a Parquet file has a row of the person.
-fn holds(m: &TableMatch, bytes: bytes::Bytes) -> Result<bool> {
-    use parquet::arrow::ProjectionMask;
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-    let wanted = m.columns();
-    let indices: Vec<usize> = builder
-        .schema()
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| wanted.contains(f.name().as_str()))
-        .map(|(i, _)| i)
-        .collect();
-    if indices.is_empty() {
-        return Ok(false);
-    }
-    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-    for batch in builder.with_projection(mask).build()? {
-        if m.rows(&batch?)?.into_iter().any(|hit| hit) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// The day of a file in a `day=YYYY-MM-DD` partition folder, as days since the epoch.

@@ -3,13 +3,11 @@
 //! operator's reason and the outcome. It holds no identifier in the clear, so it survives the
 //! erasures it records.
 
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::Field;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::identity::tables::{self, text};
 use crate::storage::schema::timestamp_type;
 use crate::storage::{TableSpec, WriteMode};
 use crate::workspace::Workspace;
@@ -32,11 +30,9 @@ pub struct Entry {
 }
 
 pub fn spec() -> TableSpec {
-    let text = |n: &str, null| Field::new(n, DataType::Utf8, null);
-    TableSpec {
-        name: TABLE.into(),
-        path: TABLE.into(),
-        schema: Arc::new(Schema::new(vec![
+    tables::spec(
+        TABLE,
+        vec![
             Field::new("logged_at", timestamp_type(), false),
             text("request_id", false),
             text("action", false),
@@ -44,26 +40,24 @@ pub fn spec() -> TableSpec {
             text("reason", true),
             text("outcome", false),
             text("details", true),
-        ])),
-        partition_columns: vec![],
-    }
+        ],
+        &[],
+    )
 }
 
-/// Appends `entry` to the log (its own commit).
-pub async fn append(ws: &Workspace, entry: &Entry) -> Result<()> {
+/// Appends `entries` to the log in one commit.
+pub async fn append(ws: &Workspace, entries: &[Entry]) -> Result<()> {
     let spec = spec();
-    let text = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
-    let opt = |v: &Option<String>| Arc::new(StringArray::from(vec![v.as_deref()])) as ArrayRef;
-    let batch = RecordBatch::try_new(
-        spec.schema.clone(),
+    let batch = tables::rows(
+        &spec,
         vec![
-            Arc::new(TimestampMicrosecondArray::from(vec![entry.logged_at]).with_timezone("UTC")),
-            text(&entry.request_id),
-            text(&entry.action),
-            text(&entry.identifier_hash),
-            opt(&entry.reason),
-            text(&entry.outcome),
-            opt(&entry.details),
+            tables::times(entries.iter().map(|e| Some(e.logged_at)))?,
+            tables::strings(entries.iter().map(|e| Some(e.request_id.as_str()))),
+            tables::strings(entries.iter().map(|e| Some(e.action.as_str()))),
+            tables::strings(entries.iter().map(|e| Some(e.identifier_hash.as_str()))),
+            tables::strings(entries.iter().map(|e| e.reason.as_deref())),
+            tables::strings(entries.iter().map(|e| Some(e.outcome.as_str()))),
+            tables::strings(entries.iter().map(|e| e.details.as_deref())),
         ],
     )?;
     ws.storage

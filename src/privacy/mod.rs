@@ -57,25 +57,64 @@ pub async fn salt(ws: &Workspace) -> Result<Vec<u8>> {
         .ok_or_else(|| Error::Other(format!("{}salt: missing after it was written", place.url)))
 }
 
+/// Whether `test` holds for some batch of a Parquet object read with only the `columns` it
+/// needs: DataFusion's reader fetches the footer and those column chunks by range, not the
+/// whole object.
+pub(crate) async fn parquet_any(
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    path: &object_store::path::Path,
+    size: u64,
+    columns: &std::collections::BTreeSet<&str>,
+    mut test: impl FnMut(&arrow::array::RecordBatch) -> Result<bool>,
+) -> Result<bool> {
+    use datafusion::datasource::listing::PartitionedFile;
+    use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
+    use datafusion::datasource::physical_plan::parquet::DefaultParquetFileReaderFactory;
+    use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+    use futures::TryStreamExt;
+    use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+    let reader: Box<dyn parquet::arrow::async_reader::AsyncFileReader> =
+        DefaultParquetFileReaderFactory::new(store).create_reader(
+            0,
+            PartitionedFile::new(path.to_string(), size),
+            None,
+            &ExecutionPlanMetricsSet::new(),
+        )?;
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let indices: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| columns.contains(f.name().as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    if indices.is_empty() {
+        return Ok(false);
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let mut stream = builder.with_projection(mask).build()?;
+    while let Some(batch) = stream.try_next().await? {
+        if test(&batch)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The salted hash of an identifier: hex SHA-256 of salt, type and (normalised) value.
 pub fn hash_identifier(salt: &[u8], id_type: &str, value: &str) -> String {
+    hex::encode(digest(salt, id_type, value))
+}
+
+/// [`hash_identifier`] as raw bytes.
+fn digest(salt: &[u8], id_type: &str, value: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(salt);
     h.update(id_type.as_bytes());
     h.update([0u8]);
     h.update(value.as_bytes());
-    hex::encode(h.finalize())
-}
-
-/// Stops the process at a named step when `TRIBE_TEST_PAUSE_AT` names it, so that a test can
-/// kill it there (the crash tests of erasure).
-fn pause_point(step: &str) {
-    if std::env::var("TRIBE_TEST_PAUSE_AT").is_ok_and(|s| s == step) {
-        eprintln!("paused at {step}");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(60));
-        }
-    }
+    h.finalize().into()
 }
 
 #[cfg(test)]

@@ -74,6 +74,13 @@ impl Person {
             .collect()
     }
 
+    /// The identifier of the person that `key` names (normalised per type), if any.
+    pub fn named(&self, normalisers: &Normalisers, key: &str) -> Option<&(String, String)> {
+        self.identifiers
+            .iter()
+            .find(|(t, v)| normalisers.normalise(t, key).is_ok_and(|n| &n == v))
+    }
+
     /// Every value that identifies the person, raw and normalised, for text search.
     pub fn texts(&self) -> Vec<String> {
         let mut all: BTreeSet<String> = BTreeSet::new();

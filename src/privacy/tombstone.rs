@@ -6,15 +6,17 @@
 //! identifiers from that time on (for the ingests that follow; older data stays out).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, Field, Schema};
-use serde_json::{Map, Value};
+use arrow::array::RecordBatch;
+use arrow::datatypes::Field;
+use serde_json::Value;
 
 use crate::error::Result;
+use crate::identity::graph::object;
 use crate::identity::normalize::Normalisers;
 use crate::identity::profiles::consent_value;
+use crate::identity::tables::{self, text, ts};
 use crate::ingest::message::EventRow;
 use crate::storage::schema::timestamp_type;
 use crate::storage::{TableSpec, WriteMode};
@@ -23,18 +25,17 @@ use crate::workspace::Workspace;
 pub const TABLE: &str = "privacy_tombstones";
 
 pub fn spec() -> TableSpec {
-    TableSpec {
-        name: TABLE.into(),
-        path: TABLE.into(),
-        schema: Arc::new(Schema::new(vec![
-            Field::new("id_hash", DataType::Utf8, false),
-            Field::new("id_type", DataType::Utf8, false),
-            Field::new("request_id", DataType::Utf8, false),
+    tables::spec(
+        TABLE,
+        vec![
+            text("id_hash", false),
+            text("id_type", false),
+            text("request_id", false),
             Field::new("forgotten_at", timestamp_type(), false),
-            Field::new("lifted_at", timestamp_type(), true),
-        ])),
-        partition_columns: vec![],
-    }
+            ts("lifted_at"),
+        ],
+        &[],
+    )
 }
 
 /// (id_type, id_hash) rows of one request, replacing earlier rows of the same request (so a
@@ -45,7 +46,7 @@ pub async fn write(
     hashes: &[(String, String)],
     at: i64,
 ) -> Result<()> {
-    let batch = rows(request_id, hashes, at, None)?;
+    let batch = rows(request_id, hashes, at, &vec![None; hashes.len()])?;
     ws.storage
         .write(
             &spec(),
@@ -60,28 +61,18 @@ fn rows(
     request_id: &str,
     hashes: &[(String, String)],
     forgotten_at: i64,
-    lifted_at: Option<&[i64]>,
+    lifted_at: &[Option<i64>],
 ) -> Result<RecordBatch> {
-    let n = hashes.len();
-    let text = |f: &dyn Fn(usize) -> String| {
-        Arc::new(StringArray::from((0..n).map(f).collect::<Vec<_>>())) as ArrayRef
-    };
-    let time = |v: Vec<Option<i64>>| {
-        Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef
-    };
-    Ok(RecordBatch::try_new(
-        spec().schema,
+    tables::rows(
+        &spec(),
         vec![
-            text(&|i| hashes[i].1.clone()),
-            text(&|i| hashes[i].0.clone()),
-            text(&|_| request_id.to_string()),
-            time(vec![Some(forgotten_at); n]),
-            time(match lifted_at {
-                Some(l) => l.iter().map(|t| Some(*t)).collect(),
-                None => vec![None; n],
-            }),
+            tables::strings(hashes.iter().map(|(_, h)| Some(h.as_str()))),
+            tables::strings(hashes.iter().map(|(t, _)| Some(t.as_str()))),
+            tables::strings(hashes.iter().map(|_| Some(request_id))),
+            tables::times(hashes.iter().map(|_| Some(forgotten_at)))?,
+            tables::times(lifted_at.iter().copied())?,
         ],
-    )?)
+    )
 }
 
 /// What ingestion does with a row.
@@ -92,23 +83,26 @@ pub enum Verdict {
     Suppress,
 }
 
+/// One tombstoned identifier.
 #[derive(Debug, Clone, Copy)]
-struct State {
-    forgotten_at: i64,
+pub struct State {
+    pub forgotten_at: i64,
     /// Rows at or after this time are kept (new consent after the erasure).
-    lifted_from: Option<i64>,
+    pub lifted_from: Option<i64>,
 }
 
-/// The tombstones of a workspace, loaded once per ingest.
+/// The tombstones of a workspace, loaded once per ingest (and per collector flush).
 pub struct Tombstones {
     salt: Vec<u8>,
     normalisers: Option<Normalisers>,
-    by_hash: HashMap<String, State>,
+    /// By raw SHA-256 digest: the check hashes every identifier of every row, so it skips
+    /// the hex text the tables store.
+    by_digest: HashMap<[u8; 32], State>,
     trait_ids: Vec<String>,
     /// Trait keys that carry consent.
     consent_keys: Vec<String>,
     overrides: bool,
-    /// Tombstones lifted by rows of this ingest: (type, hash) -> from when.
+    /// Tombstones lifted by rows of this ingest: (type, hex hash) -> from when.
     lifts: Mutex<BTreeMap<(String, String), i64>>,
 }
 
@@ -118,12 +112,36 @@ impl Tombstones {
         Tombstones {
             salt: Vec::new(),
             normalisers: None,
-            by_hash: HashMap::new(),
+            by_digest: HashMap::new(),
             trait_ids: Vec::new(),
             consent_keys: Vec::new(),
             overrides: false,
             lifts: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Tombstones from (hex hash, state) pairs, checked under the workspace's identity rules.
+    pub fn new(
+        salt: Vec<u8>,
+        config: &crate::config::Config,
+        states: impl IntoIterator<Item = (String, State)>,
+    ) -> Result<Tombstones> {
+        let mut by_digest = HashMap::new();
+        for (hash, state) in states {
+            let mut digest = [0u8; 32];
+            if hex::decode_to_slice(&hash, &mut digest).is_ok() {
+                by_digest.insert(digest, state);
+            }
+        }
+        Ok(Tombstones {
+            salt,
+            normalisers: Some(Normalisers::new(&config.identity)?),
+            by_digest,
+            trait_ids: config.identity.trait_identifiers.clone(),
+            consent_keys: config.identity.consent.values().cloned().collect(),
+            overrides: config.privacy.new_consent_overrides,
+            lifts: Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// The workspace's tombstones (none when nobody was ever forgotten).
@@ -137,39 +155,28 @@ impl Tombstones {
         if rows.is_empty() {
             return Ok(Tombstones::none());
         }
-        let mut by_hash: HashMap<String, State> = HashMap::new();
+        let mut states: HashMap<String, State> = HashMap::new();
         for r in rows {
-            let forgotten: i64 = r[1].parse().unwrap_or(i64::MIN);
-            let lifted: Option<i64> = r[2].parse().ok();
-            let s = by_hash.entry(r[0].clone()).or_insert(State {
+            let s = states.entry(r[0].clone()).or_insert(State {
                 forgotten_at: i64::MIN,
                 lifted_from: None,
             });
-            match lifted {
-                Some(l) => s.lifted_from = Some(s.lifted_from.map_or(l, |x| x.max(l))),
-                None => s.forgotten_at = s.forgotten_at.max(forgotten),
+            match r[2].parse::<i64>() {
+                Ok(l) => s.lifted_from = Some(s.lifted_from.map_or(l, |x| x.max(l))),
+                Err(_) => s.forgotten_at = s.forgotten_at.max(r[1].parse().unwrap_or(i64::MIN)),
             }
         }
         // A lift counts only when it came after the latest erasure.
-        for s in by_hash.values_mut() {
+        for s in states.values_mut() {
             if s.lifted_from.is_some_and(|l| l <= s.forgotten_at) {
                 s.lifted_from = None;
             }
         }
-        let config = &ws.config.identity;
-        Ok(Tombstones {
-            salt: super::salt(ws).await?,
-            normalisers: Some(Normalisers::new(config)?),
-            by_hash,
-            trait_ids: config.trait_identifiers.clone(),
-            consent_keys: config.consent.values().cloned().collect(),
-            overrides: ws.config.privacy.new_consent_overrides,
-            lifts: Mutex::new(BTreeMap::new()),
-        })
+        Tombstones::new(super::salt(ws).await?, &ws.config, states)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.by_digest.is_empty()
     }
 
     /// Whether an event comes from a forgotten person.
@@ -177,36 +184,24 @@ impl Tombstones {
         if self.is_empty() {
             return Verdict::Keep;
         }
-        let mut ids: Vec<(&str, String)> = Vec::new();
-        if let Some(u) = &row.user_id {
-            ids.push(("user_id", u.to_string()));
-        }
-        if let Some(a) = &row.anonymous_id {
-            ids.push(("anonymous_id", a.to_string()));
-        }
-        if let Some(p) = &row.previous_id {
-            ids.push(("user_id", p.to_string()));
-            ids.push(("anonymous_id", p.to_string()));
-        }
-        let mut grants = false;
         let traits = row.traits.as_deref().and_then(object);
-        let context_traits = row
+        let context = row
             .context
             .as_deref()
             .filter(|c| c.contains("\"traits\""))
-            .and_then(object)
-            .and_then(|c| match c.get("traits") {
-                Some(Value::Object(t)) => Some(t.clone()),
-                _ => None,
-            });
-        for t in [traits.as_ref(), context_traits.as_ref()]
-            .into_iter()
-            .flatten()
-        {
+            .and_then(object);
+        let context_traits = match context.as_ref().and_then(|c| c.get("traits")) {
+            Some(Value::Object(t)) => Some(t),
+            _ => None,
+        };
+        let mut numbers: Vec<(&str, String)> = Vec::new();
+        let mut ids: Vec<(&str, &str)> = Vec::new();
+        let mut grants = false;
+        for t in [traits.as_ref(), context_traits].into_iter().flatten() {
             for key in &self.trait_ids {
                 match t.get(key) {
-                    Some(Value::String(v)) => ids.push((key, v.clone())),
-                    Some(Value::Number(n)) => ids.push((key, n.to_string())),
+                    Some(Value::String(v)) => ids.push((key, v)),
+                    Some(Value::Number(n)) => numbers.push((key, n.to_string())),
                     _ => {}
                 }
             }
@@ -215,36 +210,50 @@ impl Tombstones {
                 .iter()
                 .any(|k| t.get(k).and_then(consent_value) == Some(true));
         }
+        ids.extend(numbers.iter().map(|(k, v)| (*k, v.as_str())));
+        if let Some(u) = &row.user_id {
+            ids.push(("user_id", u));
+        }
+        if let Some(a) = &row.anonymous_id {
+            ids.push(("anonymous_id", a));
+        }
+        if let Some(p) = &row.previous_id {
+            ids.push(("user_id", p));
+            ids.push(("anonymous_id", p));
+        }
         self.check(&ids, row.timestamp, grants)
     }
 
     /// Whether a row carrying `ids` (type, raw value) at time `at` comes from a forgotten
     /// person; `grants` says the row grants consent on some channel.
-    pub fn check(&self, ids: &[(&str, String)], at: i64, grants: bool) -> Verdict {
+    pub fn check(&self, ids: &[(&str, &str)], at: i64, grants: bool) -> Verdict {
         let Some(normalisers) = &self.normalisers else {
             return Verdict::Keep;
         };
-        let mut hit: Vec<(String, String, State)> = Vec::new();
+        let mut hit: Vec<(&str, [u8; 32], State)> = Vec::new();
         for (ty, raw) in ids {
             let Ok(v) = normalisers.normalise(ty, raw) else {
                 continue;
             };
-            let h = super::hash_identifier(&self.salt, ty, &v);
-            if let Some(s) = self.by_hash.get(&h) {
-                hit.push((ty.to_string(), h, *s));
+            let digest = super::digest(&self.salt, ty, &v);
+            if let Some(s) = self.by_digest.get(&digest) {
+                hit.push((ty, digest, *s));
             }
         }
-        let blocked: Vec<&(String, String, State)> = hit
+        let blocked: Vec<&State> = hit
             .iter()
-            .filter(|(_, _, s)| s.lifted_from.is_none_or(|l| at < l))
+            .map(|(_, _, s)| s)
+            .filter(|s| s.lifted_from.is_none_or(|l| at < l))
             .collect();
         if blocked.is_empty() {
             return Verdict::Keep;
         }
-        if self.overrides && grants && blocked.iter().all(|(_, _, s)| at > s.forgotten_at) {
+        if self.overrides && grants && blocked.iter().all(|s| at > s.forgotten_at) {
             let mut lifts = self.lifts.lock().expect("not poisoned");
-            for (ty, h, _) in &hit {
-                let e = lifts.entry((ty.clone(), h.clone())).or_insert(at);
+            for (ty, digest, _) in &hit {
+                let e = lifts
+                    .entry((ty.to_string(), hex::encode(digest)))
+                    .or_insert(at);
                 *e = (*e).min(at);
             }
             return Verdict::Keep;
@@ -262,48 +271,78 @@ impl Tombstones {
             return Ok(0);
         }
         let hashes: Vec<(String, String)> = lifts.iter().map(|(k, _)| k.clone()).collect();
-        let times: Vec<i64> = lifts.iter().map(|(_, t)| *t).collect();
+        let times: Vec<Option<i64>> = lifts.iter().map(|(_, t)| Some(*t)).collect();
         let now = chrono::Utc::now().timestamp_micros();
         let request = super::log::request_id("lift");
-        let batch = rows(&request, &hashes, now, Some(&times))?;
+        let batch = rows(&request, &hashes, now, &times)?;
         ws.storage
             .write(&spec(), vec![batch], WriteMode::Append)
             .await?;
-        for (_, h) in &hashes {
-            super::log::append(
-                ws,
-                &super::log::Entry {
-                    logged_at: now,
-                    request_id: request.clone(),
-                    action: "lift".into(),
-                    identifier_hash: h.clone(),
-                    reason: Some("new consent after erasure".into()),
-                    outcome: "tombstone lifted".into(),
-                    details: None,
-                },
-            )
-            .await?;
-        }
+        let entries: Vec<super::log::Entry> = hashes
+            .iter()
+            .map(|(_, h)| super::log::Entry {
+                logged_at: now,
+                request_id: request.clone(),
+                action: "lift".into(),
+                identifier_hash: h.clone(),
+                reason: Some("new consent after erasure".into()),
+                outcome: "tombstone lifted".into(),
+                details: None,
+            })
+            .collect();
+        super::log::append(ws, &entries).await?;
         Ok(lifts.len())
     }
-
-    /// Whether the hash of (type, normalised value) is tombstoned now.
-    pub fn holds(&self, id_type: &str, value: &str) -> bool {
-        let h = super::hash_identifier(&self.salt, id_type, value);
-        self.by_hash
-            .get(&h)
-            .is_some_and(|s| s.lifted_from.is_none())
-    }
 }
 
-fn object(text: &str) -> Option<Map<String, Value>> {
-    match serde_json::from_str(text) {
-        Ok(Value::Object(m)) => Some(m),
-        _ => None,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A string column's value at `row`, if any (for record checks).
-pub fn cell(array: &StringArray, row: usize) -> Option<&str> {
-    (!array.is_null(row)).then(|| array.value(row))
+    fn stones(overrides: bool) -> Tombstones {
+        let mut config = crate::config::Config::default();
+        config
+            .identity
+            .consent
+            .insert("email".into(), "email_opt_in".into());
+        config.privacy.new_consent_overrides = overrides;
+        let hash = super::super::hash_identifier(b"salt", "email", "ana@example.com");
+        let state = State {
+            forgotten_at: 100,
+            lifted_from: None,
+        };
+        Tombstones::new(b"salt".to_vec(), &config, [(hash, state)]).unwrap()
+    }
+
+    #[test]
+    fn identifiers_are_normalised_before_they_are_checked() {
+        let t = stones(false);
+        assert_eq!(
+            t.check(&[("email", " Ana@Example.COM ")], 50, false),
+            Verdict::Suppress
+        );
+        assert_eq!(
+            t.check(&[("email", "bob@example.com")], 50, false),
+            Verdict::Keep
+        );
+        assert_eq!(
+            t.check(&[("user_id", "ana@example.com")], 50, false),
+            Verdict::Keep
+        );
+    }
+
+    #[test]
+    fn new_consent_overrides_only_when_the_policy_says_so_and_only_after_the_erasure() {
+        let id = [("email", "ana@example.com")];
+        assert_eq!(stones(false).check(&id, 200, true), Verdict::Suppress);
+        let t = stones(true);
+        assert_eq!(
+            t.check(&id, 50, true),
+            Verdict::Suppress,
+            "dated before the erasure"
+        );
+        assert_eq!(t.check(&id, 200, false), Verdict::Suppress, "no consent");
+        assert_eq!(t.check(&id, 200, true), Verdict::Keep);
+        assert_eq!(t.lifts.lock().unwrap().len(), 1);
+    }
 }

@@ -83,7 +83,7 @@ const BATCH_ROWS: usize = 64 * 1024;
 /// Seals the log and commits every sealed segment. Returns what was stored.
 pub(crate) async fn flush_once(
     ws: &Workspace,
-    setup: &ParseSetup,
+    setup: &mut ParseSetup,
     wal: &Wal,
     metrics: &Metrics,
 ) -> Result<Flushed> {
@@ -95,8 +95,8 @@ pub(crate) async fn flush_once(
     let now = chrono::Utc::now().timestamp_micros();
     let mut outcome = None;
     let mut rejects = Vec::new();
-    // Loaded at every flush: a person forgotten while the collector runs stays out.
-    let stones = Tombstones::load(ws).await?;
+    // Reloaded at every flush: a person forgotten while the collector runs stays out.
+    setup.tombstones = Tombstones::load(ws).await?;
     let mut suppressed = 0;
     // A concurrent writer that stored some of the same messages makes the append start over.
     for _ in 0..5 {
@@ -104,15 +104,8 @@ pub(crate) async fn flush_once(
         suppressed = 0;
         let mut append =
             Append::start(&ws.storage, &setup.spec, "message_id", KeyScope::PerDay).await?;
-        if let Err(e) = write_segments(
-            &segments,
-            setup,
-            &stones,
-            &mut append,
-            &mut rejects,
-            &mut suppressed,
-        )
-        .await
+        if let Err(e) =
+            write_segments(&segments, setup, &mut append, &mut rejects, &mut suppressed).await
         {
             append.abort().await;
             return Err(e);
@@ -134,7 +127,7 @@ pub(crate) async fn flush_once(
     if !rejects.is_empty() {
         rejected::store(&ws.storage, &rejects, now).await?;
     }
-    stones.record_lifts(ws).await?;
+    setup.tombstones.record_lifts(ws).await?;
     if suppressed > 0 {
         tracing::info!(suppressed, "messages of forgotten people not stored");
     }
@@ -155,7 +148,6 @@ pub(crate) async fn flush_once(
 async fn write_segments(
     segments: &[PathBuf],
     setup: &ParseSetup,
-    stones: &Tombstones,
     append: &mut Append,
     rejects: &mut Vec<RejectedRow>,
     suppressed: &mut u64,
@@ -175,7 +167,7 @@ async fn write_segments(
         for (index, payload) in segment.records().enumerate() {
             match decode(payload) {
                 Some(Record::Event { source, json }) => match parse_message(json, &setup.rules) {
-                    Ok(row) => match stones.check_event(&row) {
+                    Ok(row) => match setup.tombstones.check_event(&row) {
                         Verdict::Keep => builder.push(&row, source),
                         Verdict::Suppress => *suppressed += 1,
                     },
@@ -224,7 +216,7 @@ async fn write_segments(
 /// turns true.
 pub(crate) async fn run(
     ws: Arc<Workspace>,
-    setup: ParseSetup,
+    mut setup: ParseSetup,
     wal: Wal,
     metrics: Arc<Metrics>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -241,7 +233,7 @@ pub(crate) async fn run(
             || current >= config.flush_bytes
             || (current > 0 && wal.current_age() >= max_age);
         if due {
-            match flush_once(&ws, &setup, &wal, &metrics).await {
+            match flush_once(&ws, &mut setup, &wal, &metrics).await {
                 Ok(done) => {
                     backoff = Duration::from_millis(100);
                     if done.segments > 0 {

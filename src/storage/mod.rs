@@ -404,13 +404,12 @@ pub fn table_schema(table: &DeltaTable) -> Result<SchemaRef> {
     Ok(snapshot.snapshot().arrow_schema())
 }
 
-/// Files added with new data since `since`; `None` when they cannot be read on their own (then
-/// everything is read again): data was removed, or a compaction rewrote one of the new files
-/// together with older data. A compaction of older files only changes no data and is skipped.
-pub async fn added_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Add>>> {
+/// The actions of every commit after version `since`, oldest first; `None` when one of them
+/// is no longer in the log (cleaned up after a checkpoint).
+pub async fn commits_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Vec<Action>>>> {
     let name = table_name(table);
     let current = table.version().map_or(-1, |v| v as i64);
-    let mut adds = Vec::new();
+    let mut commits = Vec::new();
     for version in (since + 1)..=current {
         let Some(bytes) = table
             .log_store()
@@ -420,8 +419,23 @@ pub async fn added_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Ad
         else {
             return Ok(None);
         };
-        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
-            .map_err(|e| Error::delta(&name, e))?;
+        commits.push(
+            deltalake::logstore::get_actions(version as u64, &bytes)
+                .map_err(|e| Error::delta(&name, e))?,
+        );
+    }
+    Ok(Some(commits))
+}
+
+/// Files added with new data since `since`; `None` when they cannot be read on their own (then
+/// everything is read again): data was removed, or a compaction rewrote one of the new files
+/// together with older data. A compaction of older files only changes no data and is skipped.
+pub async fn added_since(table: &DeltaTable, since: i64) -> Result<Option<Vec<Add>>> {
+    let Some(commits) = commits_since(table, since).await? else {
+        return Ok(None);
+    };
+    let mut adds = Vec::new();
+    for actions in commits {
         for action in actions {
             match action {
                 Action::Add(add) if add.data_change => adds.push(add),
