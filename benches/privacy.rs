@@ -284,6 +284,10 @@ fn main() {
                 .unwrap();
             let seconds = t.elapsed().as_secs_f64();
             let events_table = report.tables.iter().find(|t| t.table == "events").unwrap();
+            eprintln!("{label}: phases {:?}", report.phases);
+            for t in &report.tables {
+                eprintln!("  {}: {} rows, {} files, {:.2} s", t.table, t.rows_deleted, t.files_rewritten, t.seconds);
+            }
             println!(
                 "| {label} | {events} | {} | {seconds:.2} | {} | {} | {} |",
                 days.len(),

@@ -234,3 +234,36 @@ fn write_aligned(columns: &[String], rows: &[Vec<String>], out: &mut dyn Write) 
 fn io(e: std::io::Error) -> Error {
     Error::io("<output>", e)
 }
+
+/// Seconds (or any measure) to the millisecond, for reports.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Seconds per step of a long operation, for its report (`phases`).
+#[derive(Debug)]
+pub struct Phases {
+    lap: std::time::Instant,
+    done: Vec<(String, f64)>,
+}
+
+impl Phases {
+    /// Timing from `started` on.
+    pub fn since(started: std::time::Instant) -> Phases {
+        Phases {
+            lap: started,
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends the current step as `name` and starts the next.
+    pub fn mark(&mut self, name: &str) {
+        self.done
+            .push((name.to_string(), round3(self.lap.elapsed().as_secs_f64())));
+        self.lap = std::time::Instant::now();
+    }
+
+    pub fn into_vec(self) -> Vec<(String, f64)> {
+        self.done
+    }
+}

@@ -456,6 +456,11 @@ consent = { email = "email_ok" }
         sql(dir, "select consent_email from profiles"),
         vec!["false"]
     );
+    // With when and by whom: the CRM load, not the earlier identify of the web source.
+    assert_eq!(
+        sql(dir, "select channel, granted, source from profile_consent"),
+        vec!["email,false,crm"]
+    );
     let traits: BTreeMap<String, Value> = serde_json::from_str(
         &sql(dir, "select traits from profiles")[0]
             .trim_matches('"')

@@ -507,10 +507,16 @@ fn consent_decisions_latest_wins_and_segments_and_exports_see_them() {
             "json",
         ])))
         .unwrap();
-        let folder = run["destination"].as_str().unwrap().trim_start_matches("file://");
+        let folder = run["destination"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("file://");
         std::fs::read_to_string(Path::new(folder).join("audience-00000.csv")).unwrap()
     };
-    assert!(!audience().contains(pid), "denied e-mail consent, not exported");
+    assert!(
+        !audience().contains(pid),
+        "denied e-mail consent, not exported"
+    );
     ok(tribe(&dir).args(["privacy", "consent", pid, "--channel", "email", "--grant"]));
     assert!(audience().contains(pid), "granted again, exported");
     // Unknown identifiers need their type.

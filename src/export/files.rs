@@ -141,15 +141,19 @@ impl Location {
         }
     }
 
-    /// The names (relative to this location) and sizes of every object below it, by name.
-    pub async fn list(&self) -> Result<Vec<(String, u64)>> {
+    /// Every object below this location.
+    async fn objects(&self) -> Result<Vec<object_store::ObjectMeta>> {
         use futures::TryStreamExt;
-        let objects: Vec<_> = self
-            .store
+        self.store
             .list(Some(&self.prefix))
             .try_collect()
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.err(e))
+    }
+
+    /// The names (relative to this location) and sizes of every object below it, by name.
+    pub async fn list(&self) -> Result<Vec<(String, u64)>> {
+        let objects = self.objects().await?;
         let prefix: Vec<_> = self.prefix.parts().collect();
         let mut names: Vec<(String, u64)> = objects
             .iter()
@@ -170,13 +174,7 @@ impl Location {
 
     /// Deletes every object below this location; returns how many.
     pub async fn delete_all(&self) -> Result<usize> {
-        use futures::TryStreamExt;
-        let objects: Vec<_> = self
-            .store
-            .list(Some(&self.prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.err(e))?;
+        let objects = self.objects().await?;
         for o in &objects {
             match self.store.delete(&o.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}

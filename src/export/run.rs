@@ -139,10 +139,6 @@ pub fn find<'a>(ws: &'a Workspace, name: &str) -> Result<&'a ExportConfig> {
     })
 }
 
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
@@ -233,15 +229,13 @@ pub async fn run(ws: &Workspace, name: &str, req: &RunRequest) -> Result<RunOutc
         }
     };
     crate::pause_point("claimed");
-    let mut phases = vec![(
-        "prepare".to_string(),
-        round3(started.elapsed().as_secs_f64()),
-    )];
+    let mut phases = crate::output::Phases::since(started);
+    phases.mark("prepare");
     match deliver(ws, &p, &claim, &runs, &dest, &mut phases).await {
         Ok(row) => {
             append_until_done(ws, &mut runs, &row).await?;
             let mut outcome = outcome_of(&row, &p, status::DELIVERED, started);
-            outcome.phases = phases;
+            outcome.phases = phases.into_vec();
             Ok(outcome)
         }
         Err(e) => {
@@ -328,7 +322,7 @@ fn outcome_of(r: &RunRow, p: &Prepared, status: &str, started: Instant) -> RunOu
         files: r.files.unwrap_or(0) as u64,
         destination: r.destination.clone().unwrap_or_default(),
         previous_run: r.previous_run.clone(),
-        seconds: round3(started.elapsed().as_secs_f64()),
+        seconds: crate::output::round3(started.elapsed().as_secs_f64()),
         phases: Vec::new(),
         notes: p.audience.notes.clone(),
     }
@@ -385,13 +379,8 @@ async fn deliver(
     claim: &RunRow,
     runs: &Runs,
     dest: &Location,
-    phases: &mut Vec<(String, f64)>,
+    phases: &mut crate::output::Phases,
 ) -> Result<RunRow> {
-    let mut lap = Instant::now();
-    let mut phase = |name: &str| {
-        phases.push((name.to_string(), round3(lap.elapsed().as_secs_f64())));
-        lap = Instant::now();
-    };
     let df = p.segments.ctx.sql(&p.audience.sql).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let current = df.collect().await?;
@@ -413,9 +402,9 @@ async fn deliver(
         }
         None => None,
     };
-    phase("query");
+    phases.mark("query");
     let (adds, removes) = diff(&schema, &current, before.as_deref().unwrap_or(&[]))?;
-    phase("diff");
+    phases.mark("diff");
     let out_schema = Arc::new(without_id(&schema));
     let strip = |batches: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
         batches
@@ -455,7 +444,7 @@ async fn deliver(
         || files::encode_state(&schema, &current),
     );
     let (encoded, state_bytes) = (encoded?, state_bytes?);
-    phase("encode");
+    phases.mark("encode");
     // All files at once: the object store takes them in parallel, and the state with them.
     let state_name = format!("{}.parquet", claim.run_id);
     let mut entries = Vec::new();
@@ -473,7 +462,7 @@ async fn deliver(
     pending.push(state.put_owned(state_name, state_bytes));
     futures::future::try_join_all(pending).await?;
     crate::pause_point("files");
-    phase("write");
+    phases.mark("write");
     let manifest = Manifest {
         run_id: claim.run_id.clone(),
         export: p.name.clone(),

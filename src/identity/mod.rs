@@ -80,15 +80,7 @@ struct Run {
 /// Resolves identities in the workspace and writes the identity tables.
 pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     let clock = Instant::now();
-    let mut phases: Vec<(String, f64)> = Vec::new();
-    let mut lap = Instant::now();
-    let mut mark = |name: &str, phases: &mut Vec<(String, f64)>| {
-        phases.push((
-            name.to_string(),
-            (lap.elapsed().as_secs_f64() * 100.0).round() / 100.0,
-        ));
-        lap = Instant::now();
-    };
+    let mut phases = crate::output::Phases::since(clock);
     let started = chrono::Utc::now().timestamp_micros();
     let run_id = format!(
         "r{started}-{}",
@@ -146,7 +138,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             all = stored.sightings;
         }
     }
-    mark("load", &mut phases);
+    phases.mark("load");
     let full = full_because.is_some();
     if full {
         new_files = sources.iter().map(|_| None).collect();
@@ -161,7 +153,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             new.extend(sightings::scan_records(&ctx, &ws.config, name, table, files).await?);
         }
     }
-    mark("scan", &mut phases);
+    phases.mark("scan");
     // The new sightings are stored as they are; the graph needs them next to the old ones.
     let new_count = new.len() as u64;
     let links_rows = sightings::to_batch(&run_id, &new)?;
@@ -169,7 +161,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
 
     // The graph and its components.
     let g = graph::build(&all, config, &normalisers);
-    mark("graph", &mut phases);
+    phases.mark("graph");
     let limits: Vec<(u16, u32)> = config
         .limits
         .iter()
@@ -182,12 +174,12 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         .collect();
     let node_types: Vec<u16> = g.nodes.iter().map(|n| n.ty).collect();
     let comps = unionfind::components(&node_types, &g.links, &limits);
-    mark("components", &mut phases);
+    phases.mark("components");
     let (old, old_ids) = load_old_ids(ws, &g).await?;
     let assignment = assign::assign(&g, &comps.root, &old, &old_ids);
-    mark("ids", &mut phases);
+    phases.mark("ids");
     let profiles = profiles::build(&g, &comps.root, &assignment.id_of_root, &all, config);
-    mark("profiles", &mut phases);
+    phases.mark("profiles");
     let pid = |n: u32| assignment.id_of_root[&comps.root[n as usize]].as_str();
 
     // Write: the sightings first, the outputs next, the run record last. A run that dies
@@ -331,7 +323,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             .await?;
     }
 
-    mark("write", &mut phases);
+    phases.mark("write");
     let skipped: Vec<SkipCount> = g
         .skipped
         .iter()
@@ -370,7 +362,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         skipped,
         large_profiles: large,
         seconds: clock.elapsed().as_secs_f64(),
-        phases,
+        phases: phases.into_vec(),
     };
 
     let runs_spec = tables::runs();

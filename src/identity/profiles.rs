@@ -37,6 +37,17 @@ pub struct Consent {
     pub source: String,
 }
 
+impl Consent {
+    /// Whether this statement replaces `other`: the later one wins; at the same time a denial
+    /// wins, then the smaller source name, so the outcome never depends on reading order.
+    pub fn overrides(&self, other: &Consent) -> bool {
+        fn key(c: &Consent) -> (i64, bool, std::cmp::Reverse<&str>) {
+            (c.at, !c.granted, std::cmp::Reverse(c.source.as_str()))
+        }
+        key(self) > key(other)
+    }
+}
+
 /// Everything known about one trait field of one profile, as the field's rule needs it.
 #[derive(Default)]
 struct Acc {
@@ -190,15 +201,8 @@ pub fn build(
                 };
                 let channels = consent.entry(r).or_default();
                 match channels.get_mut(channel) {
-                    // The latest wins; at the same time a denial wins, then the smaller
-                    // source name, so that the outcome never depends on reading order.
-                    Some(slot) => {
-                        let key =
-                            |c: &Consent| (c.at, !c.granted, std::cmp::Reverse(c.source.clone()));
-                        if key(&stated) > key(slot) {
-                            *slot = stated;
-                        }
-                    }
+                    Some(slot) if stated.overrides(slot) => *slot = stated,
+                    Some(_) => {}
                     None => {
                         channels.insert(channel.to_string(), stated);
                     }
@@ -272,4 +276,24 @@ pub fn consent_value(v: &Value) -> Option<bool> {
 pub fn traits_json(p: &Profile) -> String {
     let map: Map<String, Value> = p.traits.clone().into_iter().collect();
     Value::Object(map).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_consent_wins_and_a_denial_wins_a_tie() {
+        let c = |granted, at, source: &str| Consent {
+            granted,
+            at,
+            source: source.into(),
+        };
+        assert!(c(true, 2, "web").overrides(&c(false, 1, "crm")));
+        assert!(!c(true, 1, "web").overrides(&c(false, 2, "crm")));
+        assert!(c(false, 1, "web").overrides(&c(true, 1, "crm")));
+        assert!(!c(true, 1, "crm").overrides(&c(false, 1, "web")));
+        assert!(c(true, 1, "crm").overrides(&c(true, 1, "web")));
+        assert!(!c(true, 1, "web").overrides(&c(true, 1, "crm")));
+    }
 }

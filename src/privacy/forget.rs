@@ -36,6 +36,8 @@ pub struct TableErasure {
     pub files_rewritten: u64,
     /// Superseded data files holding the person that were deleted from storage.
     pub old_files_removed: u64,
+    /// Seconds the delete took.
+    pub seconds: f64,
 }
 
 impl TableErasure {
@@ -61,6 +63,8 @@ pub struct ForgetReport {
     pub export_files_rewritten: u64,
     pub export_rows_removed: u64,
     pub seconds: f64,
+    /// Seconds per step: plan (finding the person), tombstones, delete, exports, purge.
+    pub phases: Vec<(String, f64)>,
 }
 
 /// An erasure under way, as stored in `_privacy/pending/<request_id>.json`.
@@ -79,6 +83,7 @@ struct Plan {
 /// Forgets the person `key` names (a profile id or any identifier).
 pub async fn forget(ws: &Workspace, key: &str, reason: Option<&str>) -> Result<ForgetReport> {
     let clock = Instant::now();
+    let mut phases = crate::output::Phases::since(clock);
     let salt = super::salt(ws).await?;
     let normalisers = Normalisers::new(&ws.config.identity)?;
     let key_hashes = key_hashes(ws, &salt, &normalisers, key);
@@ -124,6 +129,7 @@ pub async fn forget(ws: &Workspace, key: &str, reason: Option<&str>) -> Result<F
         &[entry(if resumed { "resumed" } else { "started" }, None)],
     )
     .await?;
+    phases.mark("plan");
     crate::pause_point("forget-planned");
 
     // Tombstones first: from here on, ingestion keeps the person out. The identifiers are
@@ -135,25 +141,31 @@ pub async fn forget(ws: &Workspace, key: &str, reason: Option<&str>) -> Result<F
         .map(|(t, v)| (t.clone(), hash_identifier(&salt, t, v)))
         .collect();
     tombstone::write(ws, &plan.request_id, &hashes, plan.started_at).await?;
+    phases.mark("tombstones");
     crate::pause_point("forget-tombstones");
 
     let matches = plan.person.matches();
     let mut tables = Vec::new();
     for m in &matches {
+        let started = Instant::now();
         let (rows_deleted, files_rewritten) = delete_rows(ws, m).await?;
         tables.push(TableErasure {
             table: m.table.clone(),
             rows_deleted,
             files_rewritten,
             old_files_removed: 0,
+            seconds: crate::output::round3(started.elapsed().as_secs_f64()),
         });
         crate::pause_point(&format!("forget-deleted-{}", m.table));
     }
     crate::identity::note_erasure(ws, &plan.request_id).await?;
+    phases.mark("delete");
     let erased = exports::erase(ws, &plan.person.profile_ids()).await?;
+    phases.mark("exports");
     for (m, t) in matches.iter().zip(tables.iter_mut()) {
         t.old_files_removed = purge_superseded(ws, m).await?;
     }
+    phases.mark("purge");
     let rows_deleted: u64 = tables.iter().map(|t| t.rows_deleted).sum();
     let outcome = if plan.person.profile_id.is_none() && rows_deleted == 0 && !resumed {
         "not found"
@@ -171,7 +183,8 @@ pub async fn forget(ws: &Workspace, key: &str, reason: Option<&str>) -> Result<F
         tables,
         export_files_rewritten: erased.files_rewritten,
         export_rows_removed: erased.rows_removed,
-        seconds: (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        seconds: crate::output::round3(clock.elapsed().as_secs_f64()),
+        phases: phases.into_vec(),
     };
     // The log gets the counts of the report, never the (pseudonymous) profile id.
     let details = serde_json::json!({
