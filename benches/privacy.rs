@@ -141,6 +141,7 @@ async fn build(dir: &Path, people: u64) -> Workspace {
     let pid = |i: u64| format!("p_{:016x}", mix(i));
     let mut profiles = Vec::with_capacity(people as usize);
     let (mut ids, mut keys): (Vec<[String; 3]>, Vec<[String; 3]>) = (Vec::new(), Vec::new());
+    let mut routes: Vec<[String; 3]> = Vec::new();
     let mut seen: Vec<(i64, i64)> = Vec::new();
     for i in 0..people {
         let days = days_of(i);
@@ -168,7 +169,8 @@ async fn build(dir: &Path, people: u64) -> Workspace {
         for device in 0..2 {
             let a = format!("a-{i:08}-{device}");
             ids.push(["anonymous_id".into(), a.clone(), p.clone()]);
-            keys.push(["anonymous_id".into(), a, p.clone()]);
+            keys.push(["anonymous_id".into(), a.clone(), p.clone()]);
+            routes.push([user(i), a, p.clone()]);
         }
         seen.push((first, last));
     }
@@ -200,6 +202,21 @@ async fn build(dir: &Path, people: u64) -> Workspace {
     .unwrap();
     ws.storage
         .write(&keys_spec, vec![keys_batch], WriteMode::Replace)
+        .await
+        .unwrap();
+    let routes_spec = tables::profile_routes();
+    let routes_batch = tables::rows(
+        &routes_spec,
+        vec![
+            col(&routes, 0),
+            col(&routes, 1),
+            tables::strings(routes.iter().map(|_| None)),
+            col(&routes, 2),
+        ],
+    )
+    .unwrap();
+    ws.storage
+        .write(&routes_spec, vec![routes_batch], WriteMode::Replace)
         .await
         .unwrap();
     let (profiles_spec, batch) = tables::profiles_batch(&profiles, &[]).unwrap();

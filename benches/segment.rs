@@ -120,7 +120,7 @@ fn duckdb(dir: &Path, queries: &BTreeMap<String, String>) -> BTreeMap<String, (f
             PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tribe/venv")
         });
     let data = dir.join("data");
-    let tables: BTreeMap<&str, String> = ["events", "profiles", "profile_keys", "traits"]
+    let tables: BTreeMap<&str, String> = ["events", "profiles", "profile_routes", "traits"]
         .into_iter()
         .map(|t| (t, data.join(t).display().to_string()))
         .collect();

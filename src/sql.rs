@@ -66,10 +66,10 @@ pub async fn session(ws: &Workspace) -> Result<(SessionContext, Vec<TableInfo>)>
     Ok((ctx, infos))
 }
 
-/// Defines (or redefines) the `profile_events` view once `events` and `profile_keys` are
+/// Defines (or redefines) the `profile_events` view once `events` and `profile_routes` are
 /// registered; a view plans against the tables registered when it is defined.
 pub async fn define_profile_events(ctx: &SessionContext) -> Result<()> {
-    if ctx.table_exist("events")? && ctx.table_exist("profile_keys")? {
+    if ctx.table_exist("events")? && ctx.table_exist("profile_routes")? {
         ctx.sql(PROFILE_EVENTS).await?;
     }
     Ok(())
@@ -93,16 +93,18 @@ pub async fn register(
     Ok(())
 }
 
-/// Every event with the profile it belongs to: by its user id, else its anonymous id, else (for
-/// events that carry neither, like orders from a shop system) by the event itself. The keys are
-/// written by identity resolution; events it has not seen yet have no profile.
+/// Every event with the profile it belongs to, found by its (user id, anonymous id) pair, or
+/// for events that carry neither (like orders from a shop system) by the event itself, in
+/// `profile_routes`, which identity resolution writes. Events it has not seen yet have no
+/// profile. `IS NOT DISTINCT FROM` makes absent ids match as equals in the one hash join.
 pub const PROFILE_EVENTS: &str = "create or replace view profile_events as \
-    select coalesce(ku.profile_id, ka.profile_id, km.profile_id) as profile_id, e.* \
+    select r.profile_id, e.* \
     from events e \
-    left join (select key, profile_id from profile_keys where key_type = 'user_id') ku on e.user_id = ku.key \
-    left join (select key, profile_id from profile_keys where key_type = 'anonymous_id') ka on e.anonymous_id = ka.key \
-    left join (select key, profile_id from profile_keys where key_type = 'message_id') km \
-      on e.user_id is null and e.anonymous_id is null and e.message_id = km.key";
+    left join profile_routes r \
+      on (r.user_id is not distinct from e.user_id) \
+     and (r.anonymous_id is not distinct from e.anonymous_id) \
+     and (r.message_id is not distinct from \
+          (case when e.user_id is null and e.anonymous_id is null then e.message_id end))";
 
 /// A DataFusion context with tribe's settings: all cores, a spilling memory pool of
 /// `memory_mb`, filters pushed into Parquet scans, JSON functions, files queryable by path.

@@ -185,8 +185,14 @@ fn incremental_runs_equal_a_full_run() {
     let identities = "select id_type, id_value, profile_id from identities order by 1, 2";
     let profiles = "select * from profiles order by profile_id";
     let keys = "select key_type, key, profile_id from profile_keys order by 1, 2";
-    let (inc_ids, inc_profiles, inc_keys) =
-        (sql(&inc, identities), sql(&inc, profiles), sql(&inc, keys));
+    let routes = "select user_id, anonymous_id, message_id, profile_id from profile_routes \
+                  order by 1, 2, 3";
+    let (inc_ids, inc_profiles, inc_keys, inc_routes) = (
+        sql(&inc, identities),
+        sql(&inc, profiles),
+        sql(&inc, keys),
+        sql(&inc, routes),
+    );
 
     // The same workspace, recomputed from scratch: identical, ids included.
     let full = json(&inc, &["resolve", "--full"]);
@@ -196,6 +202,7 @@ fn incremental_runs_equal_a_full_run() {
     assert_eq!(sql(&inc, identities), inc_ids);
     assert_eq!(sql(&inc, profiles), inc_profiles);
     assert_eq!(sql(&inc, keys), inc_keys);
+    assert_eq!(sql(&inc, routes), inc_routes);
 
     // New data compacted together with old before the next run, the superseded files
     // vacuumed: the run cannot read the new data on its own, and must still see all of it.
@@ -328,6 +335,14 @@ fn limits_blocks_merges_and_splits() {
             "select profile_id from profile_events where message_id = 'm2'"
         ),
         vec![u2.clone()]
+    );
+    // An event whose user id is refused as an identifier belongs to its anonymous id.
+    assert_eq!(
+        sql(
+            dir,
+            "select profile_id from profile_events where message_id = 'm3'"
+        ),
+        vec![profile_of(dir, "anonymous_id", "a9")]
     );
 
     // The visitor logs in: the two profiles merge, and the older id (the visit's) survives.
@@ -530,7 +545,13 @@ fn a_killed_run_leaves_tables_readable_and_the_next_run_recovers() {
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         // Every table still reads.
-        for table in ["identities", "profiles", "identity_links", "profile_keys"] {
+        for table in [
+            "identities",
+            "profiles",
+            "identity_links",
+            "profile_keys",
+            "profile_routes",
+        ] {
             sql(&ws, &format!("select count(*) from {table}"));
         }
         let report = json(&ws, &["resolve"]);

@@ -105,7 +105,7 @@ fn run_in_tribe(
 fn run_in_duckdb(dir: &Path, queries: &BTreeMap<String, String>) -> BTreeMap<String, Vec<String>> {
     let data = dir.join("data");
     let mut tables = serde_json::Map::new();
-    for t in ["events", "profiles", "profile_keys", "traits"] {
+    for t in ["events", "profiles", "profile_routes", "traits"] {
         if data.join(t).join("_delta_log").exists() {
             tables.insert(t.into(), data.join(t).to_str().unwrap().into());
         }

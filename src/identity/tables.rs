@@ -1,5 +1,6 @@
 //! The tables identity resolution writes, and their rows as Arrow batches: `identities`,
-//! `profiles`, `profile_keys` (how the `profile_events` view finds an event's profile),
+//! `profiles`, `profile_keys` (each user id, anonymous id and id-less event of a profile),
+//! `profile_routes` (how the `profile_events` view finds an event's profile),
 //! `identity_conflicts`, `profile_merges` and `resolve_runs`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,6 +64,22 @@ pub fn profile_keys() -> TableSpec {
             text("key_type", false),
         ],
         &["key_type"],
+    )
+}
+
+/// One row per distinct (user id, anonymous id) pair of the events seen, and per event that
+/// carries neither (by message id), with the profile its events belong to: what the
+/// `profile_events` view joins events on, in one join.
+pub fn profile_routes() -> TableSpec {
+    spec(
+        "profile_routes",
+        vec![
+            text("user_id", true),
+            text("anonymous_id", true),
+            text("message_id", true),
+            text("profile_id", false),
+        ],
+        &[],
     )
 }
 

@@ -166,6 +166,7 @@ impl Person {
             "identities",
             "profiles",
             "profile_keys",
+            "profile_routes",
             "profile_consent",
             "traits",
             "segment_members",

@@ -197,7 +197,10 @@ impl Tables {
             self.ctx.deregister_table(name.as_str())?;
             register(&self.ctx, name, &loaded[name], None).await?;
         }
-        if changed.iter().any(|n| n == "events" || n == "profile_keys") {
+        if changed
+            .iter()
+            .any(|n| n == "events" || n == "profile_routes")
+        {
             define_profile_events(&self.ctx).await?;
         }
         Ok(())

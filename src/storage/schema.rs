@@ -27,6 +27,7 @@ pub const RESERVED_TABLES: &[&str] = &[
     "profile_merges",
     "profile_events",
     "profile_keys",
+    "profile_routes",
     "identity_links",
     "identity_conflicts",
     "resolve_runs",

@@ -92,7 +92,7 @@ pub async fn compute(ws: &Workspace, as_of: DateTime<Utc>) -> Result<ComputeRepo
     };
     let cfg = &ws.config.traits;
     let (ctx, tables) = crate::sql::session(ws).await?;
-    if !tables.iter().any(|t| t.name == "profile_keys") {
+    if !tables.iter().any(|t| t.name == "profile_routes") {
         return Err(Error::Input(
             "computed traits need profiles: run `tribe resolve` first".into(),
         ));
