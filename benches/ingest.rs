@@ -49,7 +49,7 @@ fn main() {
         keep_sources: true,
         resolve: false,
     };
-    write_sources(&sources, &root, &options, &quiet, &mut report).unwrap();
+    write_sources(&sources, &root, &options, 0..people, &quiet, &mut report).unwrap();
     let generated = report.web_events + report.app_events + report.email_events;
     let files: Vec<PathBuf> = ["web.jsonl", "app.jsonl", "email.jsonl"]
         .iter()
@@ -180,6 +180,7 @@ fn count_events(dir: &Path, people: u64) -> u64 {
         &dir.join("sources"),
         dir,
         &options,
+        0..people,
         &ProgressBar::hidden(),
         &mut report,
     )

@@ -230,6 +230,9 @@ fn write_exports(dir: &Path) -> Result<()> {
 /// People generated and written per step; bounds memory at any scale.
 const PEOPLE_PER_STEP: u64 = 2000;
 
+/// People whose source files are written and ingested together when sources are not kept.
+const PEOPLE_PER_INGEST: u64 = 250_000;
+
 /// Builds the demo workspace in `dir`.
 pub async fn build(
     dir: &Path,
@@ -267,40 +270,30 @@ pub async fn build(
         ingested: vec![],
         ..Default::default()
     };
-    write_sources(&sources, dir, options, progress, &mut report)?;
-
-    progress.set_message("ingesting");
-    let quiet = ProgressBar::hidden();
-    let events = vec![
-        sources.join("web.jsonl"),
-        sources.join("app.jsonl"),
-        sources.join("email.jsonl"),
-    ];
-    report.ingested.push(
-        crate::ingest::events::ingest_events(&ws, &events, &Default::default(), &quiet).await?,
-    );
-    report.ingested.push(
-        crate::ingest::records::ingest_records(
-            &ws,
-            "crm",
-            &[sources.join("crm_contacts.csv")],
-            false,
-            &quiet,
-        )
-        .await?,
-    );
-    report.ingested.push(
-        crate::ingest::records::ingest_records(
-            &ws,
-            "pos",
-            &[sources.join("pos_orders.parquet")],
-            false,
-            &quiet,
-        )
-        .await?,
-    );
-    if !options.keep_sources {
-        let _ = std::fs::remove_dir_all(&sources);
+    // Without kept sources, people are generated and ingested a chunk at a time, so the raw
+    // files never take more disk than one chunk's (a million people's JSON is ~30 GB).
+    let chunk = if options.keep_sources {
+        options.people.max(1)
+    } else {
+        PEOPLE_PER_INGEST
+    };
+    let mut start = 0;
+    while start < options.people {
+        let people = start..(start + chunk).min(options.people);
+        write_sources(
+            &sources,
+            dir,
+            options,
+            people.clone(),
+            progress,
+            &mut report,
+        )?;
+        progress.set_message("ingesting");
+        ingest_sources(&ws, &sources, &mut report).await?;
+        if !options.keep_sources {
+            let _ = std::fs::remove_dir_all(&sources);
+        }
+        start = people.end;
     }
     if options.resolve {
         progress.set_message("resolving identities");
@@ -322,6 +315,32 @@ pub async fn build(
     Ok(report)
 }
 
+/// Ingests the generated files of `sources` (each ingest adds its report).
+async fn ingest_sources(ws: &Workspace, sources: &Path, report: &mut DemoReport) -> Result<()> {
+    let quiet = ProgressBar::hidden();
+    let events = vec![
+        sources.join("web.jsonl"),
+        sources.join("app.jsonl"),
+        sources.join("email.jsonl"),
+    ];
+    report.ingested.push(
+        crate::ingest::events::ingest_events(ws, &events, &Default::default(), &quiet).await?,
+    );
+    for (source, file) in [("crm", "crm_contacts.csv"), ("pos", "pos_orders.parquet")] {
+        report.ingested.push(
+            crate::ingest::records::ingest_records(
+                ws,
+                source,
+                &[sources.join(file)],
+                false,
+                &quiet,
+            )
+            .await?,
+        );
+    }
+    Ok(())
+}
+
 /// The first e-mail in the truth file spelled with capitals or spaces, else the first e-mail.
 fn example_email(truth: &Path) -> Option<String> {
     let mut reader = csv::Reader::from_path(truth).ok()?;
@@ -339,12 +358,14 @@ fn example_email(truth: &Path) -> Option<String> {
         .cloned()
 }
 
-/// Generates the raw source files into `sources` (and `truth.csv` into `root`), counting what
-/// was written into `report`.
+/// Generates the raw source files of the people numbered `people` (of `options.people`) into
+/// `sources` (and their rows of `truth.csv` into `root`, which the first person starts),
+/// counting what was written into `report`.
 pub fn write_sources(
     sources: &Path,
     root: &Path,
     options: &DemoOptions,
+    people: std::ops::Range<u64>,
     progress: &ProgressBar,
     report: &mut DemoReport,
 ) -> Result<()> {
@@ -352,10 +373,10 @@ pub fn write_sources(
     let as_of = crate::ingest::message::parse_time(AS_OF).expect("valid constant");
     progress.set_length(options.people);
     progress.set_message("generating people");
-    let mut files = SourceFiles::create(sources, root)?;
-    let mut start = 0;
-    while start < options.people {
-        let end = (start + PEOPLE_PER_STEP).min(options.people);
+    let mut files = SourceFiles::create(sources, root, people.start > 0)?;
+    let mut start = people.start;
+    while start < people.end {
+        let end = (start + PEOPLE_PER_STEP).min(people.end);
         let generated: Vec<Generated> = (start..end)
             .into_par_iter()
             .map(|p| person::generate(options.seed, p, options.people, options.days, as_of))
@@ -404,7 +425,8 @@ fn pos_schema() -> Arc<Schema> {
 }
 
 impl SourceFiles {
-    fn create(sources: &Path, root: &Path) -> Result<SourceFiles> {
+    /// `more_truth`: append to the truth file of earlier people instead of starting it.
+    fn create(sources: &Path, root: &Path, more_truth: bool) -> Result<SourceFiles> {
         let mut crm = csv::Writer::from_writer(create(&sources.join("crm_contacts.csv"))?);
         crm.write_record([
             "contact_id",
@@ -421,10 +443,19 @@ impl SourceFiles {
             "created_at",
         ])
         .map_err(csv_err)?;
-        let mut truth = csv::Writer::from_writer(create(&root.join("truth.csv"))?);
-        truth
-            .write_record(["id_type", "id_value", "person_id"])
-            .map_err(csv_err)?;
+        let truth_path = root.join("truth.csv");
+        let truth = if more_truth {
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&truth_path)
+                .map_err(|e| Error::io(&truth_path, e))?;
+            csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, file))
+        } else {
+            let mut w = csv::Writer::from_writer(create(&truth_path)?);
+            w.write_record(["id_type", "id_value", "person_id"])
+                .map_err(csv_err)?;
+            w
+        };
         let pos_path = sources.join("pos_orders.parquet");
         let pos_file = File::create(&pos_path).map_err(|e| Error::io(&pos_path, e))?;
         Ok(SourceFiles {
