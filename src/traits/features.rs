@@ -255,61 +255,45 @@ pub async fn tables(
         select.join(", "),
         window(latest, span_days)
     );
-    let slots = activity_slots(plan.events.len());
-    // Per profile, per time point, `slots` counters.
-    let mut activity: Vec<u32> = Vec::new();
-    let mut profiles = ProfileIndex::default();
-    let mut happened: Vec<HashSet<u32>> = labels.iter().map(|_| HashSet::new()).collect();
-    let time_us: Vec<i64> = times.iter().map(|t| t.timestamp_micros()).collect();
-    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
-    while let Some(batch) = stream.next().await {
-        let b = batch?;
-        let ids = arrow::compute::cast(b.column(0), &DataType::Utf8View)?;
-        let ids = ids.as_string_view();
-        let slots_of = b.column(1).as_primitive::<Int32Type>();
-        let stamps = arrow::compute::cast(b.column(2), &DataType::Int64)?;
-        let stamps = stamps.as_primitive::<Int64Type>();
-        let flags: Vec<_> = (0..labels.len())
-            .map(|k| b.column(3 + k).as_boolean())
-            .collect();
-        for i in 0..b.num_rows() {
-            let id = ids.value(i);
-            let p = match profiles.get(id) {
-                Some(p) => p,
-                None => {
-                    activity.resize(activity.len() + slots * times.len(), 0);
-                    profiles.insert(id)
+    let pass = Pass {
+        slots: activity_slots(plan.events.len()),
+        time_us: times.iter().map(|t| t.timestamp_micros()).collect(),
+        start_us,
+        labels: labels.len(),
+    };
+    // One task per partition of the scan, each with its own counters, merged at the end: the
+    // per-event updates then run on every core instead of one.
+    let streams = ctx.sql(&sql).await?.execute_stream_partitioned().await?;
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
+            let pass = pass.clone();
+            tokio::spawn(async move {
+                let mut activity = Activity::new(pass.labels);
+                while let Some(batch) = stream.next().await {
+                    activity.add(&pass, &batch?)?;
                 }
-            };
-            let t = stamps.value(i);
-            for (k, f) in flags.iter().enumerate() {
-                if f.value(i) {
-                    happened[k].insert(p);
-                }
-            }
-            let e = usize::try_from(slots_of.value(i)).ok();
-            let secs = ((t - start_us) / 1_000_000).max(1) as u32;
-            for (j, &at) in time_us.iter().enumerate() {
-                if t > at {
-                    continue;
-                }
-                let base = (p as usize * times.len() + j) * slots;
-                let v = &mut activity[base..base + slots];
-                v[0] = v[0].max(secs);
-                for (w, days) in WINDOWS.iter().enumerate() {
-                    if t > at - days * DAY_US {
-                        v[1 + w] += 1;
-                    }
-                }
-                if let Some(e) = e {
-                    let o = 1 + WINDOWS.len() + 3 * e;
-                    v[o] += u32::from(t > at - 30 * DAY_US);
-                    v[o + 1] += u32::from(t > at - 90 * DAY_US);
-                    v[o + 2] = v[o + 2].max(secs);
-                }
-            }
+                Ok::<_, crate::error::Error>(activity)
+            })
+        })
+        .collect();
+    let mut activity: Option<Activity> = None;
+    for task in tasks {
+        let part = task
+            .await
+            .map_err(|e| crate::error::Error::Other(format!("feature pass: {e}")))??;
+        match activity.as_mut() {
+            Some(all) => all.merge(part, &pass),
+            None => activity = Some(part),
         }
     }
+    let activity = activity.unwrap_or_else(|| Activity::new(pass.labels));
+    let Activity {
+        profiles,
+        counters: activity,
+        happened,
+    } = activity;
+    let slots = pass.slots;
     let people = profile_rows(ctx, plan).await?;
     let mut out = Vec::with_capacity(times.len());
     for (j, at) in times.iter().enumerate() {
@@ -371,6 +355,113 @@ pub async fn tables(
         })
         .collect();
     Ok((out, happened))
+}
+
+/// What the pass over events knows: how many counters per profile and time point, the time
+/// points, the start of the scan and the number of labels.
+#[derive(Clone)]
+struct Pass {
+    slots: usize,
+    time_us: Vec<i64>,
+    start_us: i64,
+    labels: usize,
+}
+
+/// Counters one part of the pass keeps: `slots` per profile and time point, and per label
+/// the profiles that had the event.
+struct Activity {
+    profiles: ProfileIndex,
+    counters: Vec<u32>,
+    happened: Vec<HashSet<u32>>,
+}
+
+impl Activity {
+    fn new(labels: usize) -> Activity {
+        Activity {
+            profiles: ProfileIndex::default(),
+            counters: Vec::new(),
+            happened: (0..labels).map(|_| HashSet::new()).collect(),
+        }
+    }
+
+    /// The profile's index, added with zeroed counters when new.
+    fn index(&mut self, id: &str, pass: &Pass) -> u32 {
+        match self.profiles.get(id) {
+            Some(p) => p,
+            None => {
+                let width = pass.slots * pass.time_us.len();
+                self.counters.resize(self.counters.len() + width, 0);
+                self.profiles.insert(id)
+            }
+        }
+    }
+
+    /// Counts the events of `b` (profile id, event slot, time, one flag per label).
+    fn add(&mut self, pass: &Pass, b: &arrow::array::RecordBatch) -> Result<()> {
+        let ids = arrow::compute::cast(b.column(0), &DataType::Utf8View)?;
+        let ids = ids.as_string_view();
+        let slots_of = b.column(1).as_primitive::<Int32Type>();
+        let stamps = arrow::compute::cast(b.column(2), &DataType::Int64)?;
+        let stamps = stamps.as_primitive::<Int64Type>();
+        let flags: Vec<_> = (0..pass.labels)
+            .map(|k| b.column(3 + k).as_boolean())
+            .collect();
+        let slots = pass.slots;
+        for i in 0..b.num_rows() {
+            let p = self.index(ids.value(i), pass);
+            let t = stamps.value(i);
+            for (k, f) in flags.iter().enumerate() {
+                if f.value(i) {
+                    self.happened[k].insert(p);
+                }
+            }
+            let e = usize::try_from(slots_of.value(i)).ok();
+            let secs = ((t - pass.start_us) / 1_000_000).max(1) as u32;
+            for (j, &at) in pass.time_us.iter().enumerate() {
+                if t > at {
+                    continue;
+                }
+                let base = (p as usize * pass.time_us.len() + j) * slots;
+                let v = &mut self.counters[base..base + slots];
+                v[0] = v[0].max(secs);
+                for (w, days) in WINDOWS.iter().enumerate() {
+                    if t > at - days * DAY_US {
+                        v[1 + w] += 1;
+                    }
+                }
+                if let Some(e) = e {
+                    let o = 1 + WINDOWS.len() + 3 * e;
+                    v[o] += u32::from(t > at - 30 * DAY_US);
+                    v[o + 1] += u32::from(t > at - 90 * DAY_US);
+                    v[o + 2] = v[o + 2].max(secs);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds another part's counters: counts add up, last times take the later.
+    fn merge(&mut self, other: Activity, pass: &Pass) {
+        let width = pass.slots * pass.time_us.len();
+        let index: Vec<u32> = other
+            .profiles
+            .ids
+            .iter()
+            .map(|id| self.index(id, pass))
+            .collect();
+        for (q, &p) in index.iter().enumerate() {
+            let theirs = &other.counters[q * width..(q + 1) * width];
+            let ours = &mut self.counters[p as usize * width..(p as usize + 1) * width];
+            for (j, (a, b)) in ours.iter_mut().zip(theirs).enumerate() {
+                let k = j % pass.slots;
+                let is_time = k == 0 || (k > WINDOWS.len() && (k - 1 - WINDOWS.len()) % 3 == 2);
+                *a = if is_time { (*a).max(*b) } else { *a + b };
+            }
+        }
+        for (set, theirs) in self.happened.iter_mut().zip(other.happened) {
+            set.extend(theirs.into_iter().map(|q| index[q as usize]));
+        }
+    }
 }
 
 /// Dense indexes of profile ids. tribe's ids (`p_` and 16 hex digits) are looked up as the
@@ -488,4 +579,87 @@ async fn profile_rows(ctx: &SessionContext, plan: &Plan) -> Result<Vec<Person>> 
         }
     }
     Ok(people)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray};
+
+    use super::*;
+
+    fn batch(rows: &[(&str, i32, i64, bool)]) -> RecordBatch {
+        RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))) as _,
+            ),
+            (
+                "slot",
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.1))) as _,
+            ),
+            (
+                "t",
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))) as _,
+            ),
+            (
+                "label",
+                Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.3)))) as _,
+            ),
+        ])
+        .unwrap()
+    }
+
+    /// Counters and labels by profile id, to compare activities whose indexes differ.
+    fn by_id(a: &Activity, pass: &Pass) -> Vec<(String, Vec<u32>, bool)> {
+        let width = pass.slots * pass.time_us.len();
+        let mut out: Vec<_> = a
+            .profiles
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(p, id)| {
+                let counters = a.counters[p * width..(p + 1) * width].to_vec();
+                (id.clone(), counters, a.happened[0].contains(&(p as u32)))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn parts_merged_count_what_one_pass_counts() {
+        let day = DAY_US;
+        let pass = Pass {
+            slots: activity_slots(2),
+            time_us: vec![100 * day, 120 * day],
+            start_us: 0,
+            labels: 1,
+        };
+        let first = batch(&[
+            ("p_0000000000000001", 0, 95 * day, false),
+            ("p_0000000000000002", 1, 110 * day, true),
+            ("p_0000000000000001", -1, 60 * day, false),
+        ]);
+        let second = batch(&[
+            ("p_0000000000000001", 0, 99 * day, false),
+            ("p_0000000000000003", 1, 10 * day, false),
+            ("p_0000000000000002", 1, 30 * day, false),
+        ]);
+        let mut whole = Activity::new(1);
+        whole.add(&pass, &first).unwrap();
+        whole.add(&pass, &second).unwrap();
+        let (mut a, mut b) = (Activity::new(1), Activity::new(1));
+        a.add(&pass, &first).unwrap();
+        b.add(&pass, &second).unwrap();
+        a.merge(b, &pass);
+        assert_eq!(by_id(&a, &pass), by_id(&whole, &pass));
+        // p1 as of day 100: last event 99 days in, 2 events in 7 days, 3 in 90, slot 0 twice
+        // in 30 days, last at day 99.
+        let p1 = &by_id(&a, &pass)[0].1[..pass.slots];
+        assert_eq!(p1[0], (99 * 86_400) as u32);
+        assert_eq!(&p1[1..=4], &[2, 2, 3, 3]);
+        assert_eq!(&p1[5..8], &[2, 2, (99 * 86_400) as u32]);
+    }
 }
