@@ -106,6 +106,22 @@ pub const PROFILE_EVENTS: &str = "create or replace view profile_events as \
      and (r.message_id is not distinct from \
           (case when e.user_id is null and e.anonymous_id is null then e.message_id end))";
 
+/// The same view as two branches, events with a user or anonymous id and events with neither,
+/// for engines that plan the one join poorly: DuckDB 2.0 takes 60 times longer over the
+/// one-join view (`tribe segment compile --dialect duckdb` output runs against this one).
+pub const PROFILE_EVENTS_UNION: &str = "create or replace view profile_events as \
+    select r.profile_id, e.* \
+    from events e \
+    left join (select * from profile_routes where message_id is null) r \
+      on (r.user_id is not distinct from e.user_id) \
+     and (r.anonymous_id is not distinct from e.anonymous_id) \
+    where e.user_id is not null or e.anonymous_id is not null \
+    union all \
+    select r.profile_id, e.* \
+    from events e \
+    left join profile_routes r on r.message_id = e.message_id \
+    where e.user_id is null and e.anonymous_id is null";
+
 /// A DataFusion context with tribe's settings: all cores, a spilling memory pool of
 /// `memory_mb`, filters pushed into Parquet scans, JSON functions, files queryable by path.
 pub fn new_context(memory_mb: usize) -> Result<SessionContext> {

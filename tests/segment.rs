@@ -110,7 +110,7 @@ fn run_in_duckdb(dir: &Path, queries: &BTreeMap<String, String>) -> BTreeMap<Str
             tables.insert(t.into(), data.join(t).to_str().unwrap().into());
         }
     }
-    let views = serde_json::json!({ "profile_events": tribe::sql::PROFILE_EVENTS });
+    let views = serde_json::json!({ "profile_events": tribe::sql::PROFILE_EVENTS_UNION });
     let doc = serde_json::json!({"tables": tables, "views": views, "queries": queries});
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/duckdb_segments.py");
     let mut child = Command::new(python())

@@ -4,7 +4,8 @@ Reads a JSON document on stdin: {"tables": {name: table_path}, "views": {name: s
 "queries": {name: sql}, "repeat": n}, registers every table (its current Parquet files, read through the
 Delta log with the `deltalake` package), creates the views, runs each query and prints
 {name: [sorted first-column values]} or {name: {"error": message}} as JSON. With "repeat",
-it prints {name: {"rows": n, "seconds": best of n runs}} instead (for the benchmark).
+it prints {name: {"rows": n, "seconds": best of n runs}} (or {"error": message}) instead (for
+the benchmark).
 """
 import json
 import sys
@@ -31,11 +32,14 @@ repeat = doc.get("repeat")
 for name, sql in doc["queries"].items():
     if repeat:
         best, rows = float("inf"), 0
-        for _ in range(repeat):
-            start = time.perf_counter()
-            rows = len(con.execute(sql).fetchall())
-            best = min(best, time.perf_counter() - start)
-        out[name] = {"rows": rows, "seconds": best}
+        try:
+            for _ in range(repeat):
+                start = time.perf_counter()
+                rows = len(con.execute(sql).fetchall())
+                best = min(best, time.perf_counter() - start)
+            out[name] = {"rows": rows, "seconds": best}
+        except duckdb.Error as e:
+            out[name] = {"error": str(e).splitlines()[0]}
         continue
     try:
         rows = con.execute(sql).fetchall()
