@@ -35,7 +35,7 @@ pub struct Person {
     pub message_ids: Vec<String>,
     /// Record table -> identifier column -> raw values that normalise to one of `identifiers`.
     pub record_values: BTreeMap<String, BTreeMap<String, Vec<String>>>,
-    /// First and last day (days since the epoch) of the profile's events.
+    /// First and last day (days since the epoch) of the events with their identifiers.
     pub days: Option<(i32, i32)>,
 }
 
@@ -131,6 +131,11 @@ impl Person {
             ]
         };
         push(schema::EVENTS, schema::EVENTS, key_matches(), self.days);
+        // A route names the person's ids also when another profile owns it (someone else who
+        // logged in on their device): matched by ids like events, and by profile.
+        let mut routes = key_matches();
+        routes.push(Match::Equals("profile_id".into(), self.profile_ids()));
+        push("profile_routes", "profile_routes", routes, None);
         for (table, columns) in &self.record_values {
             let any = columns
                 .iter()
@@ -166,7 +171,6 @@ impl Person {
             "identities",
             "profiles",
             "profile_keys",
-            "profile_routes",
             "profile_consent",
             "traits",
             "segment_members",
@@ -334,16 +338,18 @@ pub async fn find(ws: &Workspace, ctx: &SessionContext, key: &str) -> Result<Per
             p.former_ids.push(row[0].clone());
         }
     }
+    // The days of every event carrying one of their identifiers, also events another profile
+    // owns (someone else on their device): the identifiers' own first and last sightings.
     let days = text_rows(
         ctx,
         &format!(
-            "select cast(cast(first_seen as date) as bigint), cast(cast(last_seen as date) as bigint), events \
-             from profiles where profile_id = {q}"
+            "select cast(cast(min(first_seen) as date) as bigint), cast(cast(max(last_seen) as date) as bigint) \
+             from (select first_seen, last_seen from profiles where profile_id = {q} and events > 0 \
+                   union all select first_seen, last_seen from identities where profile_id = {q})"
         ),
     )
     .await?;
     if let Some(row) = days.first()
-        && row[2] != "0"
         && let (Ok(a), Ok(b)) = (row[0].parse::<i32>(), row[1].parse::<i32>())
     {
         p.days = Some((a, b));
