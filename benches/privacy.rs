@@ -10,7 +10,7 @@
 //! `cargo bench --bench privacy`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use tribe::identity::profiles::Profile;
@@ -19,6 +19,8 @@ use tribe::ingest::batch::EventBatchBuilder;
 use tribe::ingest::message::{EventRow, MessageType};
 use tribe::storage::{WriteMode, schema};
 use tribe::workspace::Workspace;
+
+mod common;
 
 const DAYS: i64 = 365;
 const START: i64 = 1_735_689_600_000_000; // 2025-01-01T00:00:00Z in microseconds
@@ -194,31 +196,26 @@ async fn build(dir: &Path, people: u64) -> Workspace {
         .write(&ids_spec, vec![identities], WriteMode::Replace)
         .await
         .unwrap();
-    let keys_spec = tables::profile_keys();
-    let keys_batch = tables::rows(
-        &keys_spec,
-        vec![col(&keys, 1), col(&keys, 2), col(&keys, 0)],
-    )
-    .unwrap();
-    ws.storage
-        .write(&keys_spec, vec![keys_batch], WriteMode::Replace)
-        .await
-        .unwrap();
-    let routes_spec = tables::profile_routes();
-    let routes_batch = tables::rows(
-        &routes_spec,
-        vec![
-            col(&routes, 0),
-            col(&routes, 1),
-            tables::strings(routes.iter().map(|_| None)),
-            col(&routes, 2),
-        ],
-    )
-    .unwrap();
-    ws.storage
-        .write(&routes_spec, vec![routes_batch], WriteMode::Replace)
-        .await
-        .unwrap();
+    let keys: Vec<tables::Key> = keys
+        .iter()
+        .map(|[ty, key, p]| (ty.as_str(), key.as_str(), p.as_str()))
+        .collect();
+    let routes: Vec<tables::Route> = routes
+        .iter()
+        .map(|[u, a, p]| (Some(u.as_str()), Some(a.as_str()), None, p.as_str()))
+        .collect();
+    for (spec, batch) in [
+        (tables::profile_keys(), tables::profile_keys_batch(&keys)),
+        (
+            tables::profile_routes(),
+            tables::profile_routes_batch(&routes),
+        ),
+    ] {
+        ws.storage
+            .write(&spec, vec![batch.unwrap()], WriteMode::Replace)
+            .await
+            .unwrap();
+    }
     let (profiles_spec, batch) = tables::profiles_batch(&profiles, &[]).unwrap();
     ws.storage
         .write(&profiles_spec, vec![batch], WriteMode::Replace)
@@ -253,14 +250,8 @@ async fn build(dir: &Path, people: u64) -> Workspace {
 }
 
 fn main() {
-    let people: u64 = std::env::var("TRIBE_BENCH_PEOPLE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let root = std::env::var("TRIBE_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir().join("tribe-bench-privacy"));
-    let dir = root.join(format!("privacy-{people}"));
+    let people = common::env_number("TRIBE_BENCH_PEOPLE", 1_000_000);
+    let dir = common::bench_root("privacy").join(format!("privacy-{people}"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ws = if dir.join("tribe.toml").is_file() {

@@ -222,33 +222,20 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         .write(&ids_spec, vec![identities], WriteMode::Replace)
         .await?;
 
-    let keys_spec = tables::profile_keys();
-    let keys = profile_keys(&g, &all, &pid);
-    let keys_batch = tables::rows(
-        &keys_spec,
-        vec![
-            tables::strings(keys.iter().map(|k| Some(k.1))),
-            tables::strings(keys.iter().map(|k| Some(k.2))),
-            tables::strings(keys.iter().map(|k| Some(k.0))),
-        ],
-    )?;
+    let (keys, routes) = keys_and_routes(&g, &all, &pid);
     ws.storage
-        .write(&keys_spec, vec![keys_batch], WriteMode::Replace)
+        .write(
+            &tables::profile_keys(),
+            vec![tables::profile_keys_batch(&keys)?],
+            WriteMode::Replace,
+        )
         .await?;
-
-    let routes_spec = tables::profile_routes();
-    let routes = profile_routes(&g, &all, &pid);
-    let routes_batch = tables::rows(
-        &routes_spec,
-        vec![
-            tables::strings(routes.iter().map(|r| r.0)),
-            tables::strings(routes.iter().map(|r| r.1)),
-            tables::strings(routes.iter().map(|r| r.2)),
-            tables::strings(routes.iter().map(|r| Some(r.3))),
-        ],
-    )?;
     ws.storage
-        .write(&routes_spec, vec![routes_batch], WriteMode::Replace)
+        .write(
+            &tables::profile_routes(),
+            vec![tables::profile_routes_batch(&routes)?],
+            WriteMode::Replace,
+        )
         .await?;
 
     let (profiles_spec, profiles_batch) =
@@ -409,68 +396,52 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     Ok(report)
 }
 
-/// (key type, key, profile id) for every user id, anonymous id and id-less event message:
-/// what the `profile_events` view joins events on.
-fn profile_keys<'a>(
+/// In one pass over the sightings: the keys of each profile (every user id, anonymous id and
+/// id-less event message, under its own profile), and the route of each distinct (user id,
+/// anonymous id) pair of the events and of each event with neither, to the profile its events
+/// belong to: the user id's, else the anonymous id's (when the user id was refused as an
+/// identifier), else the one the event's other identifiers link it to. The routes are what
+/// `profile_events` joins on, once, where one join per key type cost three probes per event.
+fn keys_and_routes<'a>(
     g: &graph::Graph,
     sightings: &'a [Sighting],
     pid: &impl Fn(u32) -> &'a str,
-) -> Vec<(&'static str, &'a str, &'a str)> {
-    let mut seen: HashSet<(&str, &str)> = HashSet::new();
-    let mut out = Vec::new();
+) -> (Vec<tables::Key<'a>>, Vec<tables::Route<'a>>) {
+    let mut seen_keys: HashSet<(&str, &str)> = HashSet::new();
+    let mut seen_routes: HashSet<(Option<&str>, Option<&str>, Option<&str>)> = HashSet::new();
+    let (mut keys, mut routes) = (Vec::new(), Vec::new());
     for (i, s) in sightings.iter().enumerate() {
         let (user, anon) = g.keys[i];
-        if let (Some(raw), Some(n)) = (s.user_id.as_deref(), user)
-            && seen.insert(("user_id", raw))
-        {
-            out.push(("user_id", raw, pid(n)));
+        let (u, a, m) = (
+            s.user_id.as_deref(),
+            s.anonymous_id.as_deref(),
+            s.message_id.as_deref(),
+        );
+        for (ty, raw, node) in [
+            ("user_id", u, user),
+            ("anonymous_id", a, anon),
+            ("message_id", m, g.owner[i]),
+        ] {
+            if let (Some(raw), Some(n)) = (raw, node)
+                && seen_keys.insert((ty, raw))
+            {
+                keys.push((ty, raw, pid(n)));
+            }
         }
-        if let (Some(raw), Some(n)) = (s.anonymous_id.as_deref(), anon)
-            && seen.insert(("anonymous_id", raw))
-        {
-            out.push(("anonymous_id", raw, pid(n)));
-        }
-        if let (Some(msg), Some(n)) = (s.message_id.as_deref(), g.owner[i])
-            && seen.insert(("message_id", msg))
-        {
-            out.push(("message_id", msg, pid(n)));
-        }
-    }
-    out
-}
-
-/// A route: (user id, anonymous id, message id of an event with neither, profile id).
-type Route<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str);
-
-/// The profile of every distinct (user id, anonymous id) pair of the events seen, and of every
-/// event with neither: the user id's profile, else the anonymous id's (when the user id was
-/// refused as an identifier), else the profile the event's other identifiers link it to.
-/// One join on these columns is what `profile_events` costs, where one join per key type
-/// cost three hash probes per event.
-fn profile_routes<'a>(
-    g: &graph::Graph,
-    sightings: &'a [Sighting],
-    pid: &impl Fn(u32) -> &'a str,
-) -> Vec<Route<'a>> {
-    let mut seen: HashSet<(Option<&str>, Option<&str>, Option<&str>)> = HashSet::new();
-    let mut out = Vec::new();
-    for (i, s) in sightings.iter().enumerate() {
         if s.kind != sightings::Kind::Event {
             continue;
         }
-        let (user, anon) = g.keys[i];
-        let (u, a) = (s.user_id.as_deref(), s.anonymous_id.as_deref());
         let (m, node) = match (u, a) {
-            (None, None) => (s.message_id.as_deref(), g.owner[i]),
+            (None, None) => (m, g.owner[i]),
             _ => (None, user.or(anon)),
         };
         if let Some(n) = node
-            && seen.insert((u, a, m))
+            && seen_routes.insert((u, a, m))
         {
-            out.push((u, a, m, pid(n)));
+            routes.push((u, a, m, pid(n)));
         }
     }
-    out
+    (keys, routes)
 }
 
 /// The tables resolution reads, by the names `resolve_runs` records their versions under:

@@ -83,6 +83,36 @@ pub fn profile_routes() -> TableSpec {
     )
 }
 
+/// A `profile_keys` row: (key type, key, profile id).
+pub type Key<'a> = (&'a str, &'a str, &'a str);
+
+pub fn profile_keys_batch(keys: &[Key]) -> Result<RecordBatch> {
+    rows(
+        &profile_keys(),
+        vec![
+            strings(keys.iter().map(|k| Some(k.1))),
+            strings(keys.iter().map(|k| Some(k.2))),
+            strings(keys.iter().map(|k| Some(k.0))),
+        ],
+    )
+}
+
+/// A `profile_routes` row: (user id, anonymous id, message id of an event with neither,
+/// profile id).
+pub type Route<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str);
+
+pub fn profile_routes_batch(routes: &[Route]) -> Result<RecordBatch> {
+    rows(
+        &profile_routes(),
+        vec![
+            strings(routes.iter().map(|r| r.0)),
+            strings(routes.iter().map(|r| r.1)),
+            strings(routes.iter().map(|r| r.2)),
+            strings(routes.iter().map(|r| Some(r.3))),
+        ],
+    )
+}
+
 pub fn conflicts() -> TableSpec {
     spec(
         "identity_conflicts",
