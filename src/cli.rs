@@ -263,7 +263,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 ws.dir.display(),
                 ws.storage.root()
             )
-            .map_err(|e| Error::io("<stdout>", e))?;
+            .map_err(stdout_error)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sql { query, format } => {
@@ -299,7 +299,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             progress.finish_and_clear();
             let report = report?;
             if format.format == OutputFormat::Table {
-                print_demo(&report, &mut out).map_err(|e| Error::io("<stdout>", e))?;
+                print_demo(&report, &mut out).map_err(stdout_error)?;
             } else {
                 print_report(&report, format.format, &mut out)?;
             }
@@ -331,10 +331,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let report = if no_run {
                 None
             } else {
-                let spinner = spinner("resolving identities");
-                let report = tribe::identity::resolve(&ws, tribe::identity::Options { full }).await;
-                spinner.finish_and_clear();
-                Some(report?)
+                Some(
+                    with_spinner(
+                        "resolving identities",
+                        tribe::identity::resolve(&ws, tribe::identity::Options { full }),
+                    )
+                    .await?,
+                )
             };
             let truth = evaluate.map(|t| cwd.join(t));
             let scores = match &truth {
@@ -353,8 +356,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     }
                     if let (Some(e), Some(t)) = (scores, &truth) {
                         if format.format == OutputFormat::Table && report.is_some() {
-                            writeln!(out, "\nagainst {}:", t.display())
-                                .map_err(|e| Error::io("<stdout>", e))?;
+                            writeln!(out, "\nagainst {}:", t.display()).map_err(stdout_error)?;
                         }
                         print_report(&e, format.format, &mut out)?;
                     }
@@ -372,7 +374,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             match format.format {
                 OutputFormat::Table => {
                     print_report(&view.profile, OutputFormat::Table, &mut out)?;
-                    let io = |e| Error::io("<stdout>", e);
+                    let io = stdout_error;
                     writeln!(out, "\nidentifiers:").map_err(io)?;
                     print_rows(&view.identifiers, OutputFormat::Table, &mut out)?;
                     writeln!(out, "\nrecent events:").map_err(io)?;
@@ -484,6 +486,22 @@ fn bytes_progress(files: &[PathBuf], message: &'static str) -> ProgressBar {
 }
 
 /// A spinner for a long step, drawn only on a terminal.
+/// Awaits `work` with a spinner on a terminal, cleared when it ends (with or without error).
+pub async fn with_spinner<T>(
+    message: &'static str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let bar = spinner(message);
+    let out = work.await;
+    bar.finish_and_clear();
+    out
+}
+
+/// An error writing a command's output.
+pub fn stdout_error(e: std::io::Error) -> Error {
+    Error::io("<stdout>", e)
+}
+
 pub fn spinner(message: &'static str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();

@@ -9,9 +9,9 @@ use clap::Subcommand;
 
 use tribe::export::RunRequest;
 use tribe::output::{OutputFormat, print_report, print_rows};
-use tribe::{Error, Result, Workspace};
+use tribe::{Result, Workspace};
 
-use crate::cli::FormatArg;
+use crate::cli::{FormatArg, stdout_error as io, with_spinner};
 
 #[derive(Subcommand)]
 pub enum ExportCommand {
@@ -47,10 +47,6 @@ pub enum ScheduleCommand {
     },
 }
 
-fn io(e: std::io::Error) -> Error {
-    Error::io("<stdout>", e)
-}
-
 pub async fn export(
     command: ExportCommand,
     open: impl Fn() -> Result<Workspace>,
@@ -64,15 +60,13 @@ pub async fn export(
         } => {
             let ws = open()?;
             let as_of = tribe::segment::parse_as_of(as_of.as_deref())?;
-            let progress = crate::cli::spinner("exporting");
             let request = RunRequest {
                 as_of,
                 scheduled_for: None,
                 attempt: 1,
             };
-            let outcome = tribe::export::run::run(&ws, &export, &request).await;
-            progress.finish_and_clear();
-            let outcome = outcome?;
+            let outcome =
+                with_spinner("exporting", tribe::export::run::run(&ws, &export, &request)).await?;
             for note in &outcome.notes {
                 eprintln!("note: {note}");
             }

@@ -13,7 +13,7 @@ use tribe::privacy::log::Entry;
 use tribe::privacy::{access, consent, forget, log, person, tombstone};
 use tribe::{Error, Result, Workspace};
 
-use crate::cli::FormatArg;
+use crate::cli::{FormatArg, stdout_error as io, with_spinner};
 
 #[derive(Subcommand)]
 pub enum PrivacyCommand {
@@ -85,10 +85,6 @@ pub enum PrivacyCommand {
     },
 }
 
-fn io(e: std::io::Error) -> Error {
-    Error::io("<stdout>", e)
-}
-
 pub async fn run(
     command: PrivacyCommand,
     cwd: &std::path::Path,
@@ -102,10 +98,11 @@ pub async fn run(
             format,
         } => {
             let ws = open()?;
-            let progress = crate::cli::spinner("searching every table");
-            let found = access::gather(&ws, &identifier, "show", reason.as_deref()).await;
-            progress.finish_and_clear();
-            let found = found?;
+            let found = with_spinner(
+                "searching every table",
+                access::gather(&ws, &identifier, "show", reason.as_deref()),
+            )
+            .await?;
             match format.format {
                 OutputFormat::Json => print_report(&found, OutputFormat::Json, out)?,
                 other => {
@@ -134,10 +131,11 @@ pub async fn run(
         } => {
             let ws = open()?;
             let path = cwd.join(path);
-            let progress = crate::cli::spinner("searching every table");
-            let found = access::gather(&ws, &identifier, "export", reason.as_deref()).await;
-            progress.finish_and_clear();
-            let found = found?;
+            let found = with_spinner(
+                "searching every table",
+                access::gather(&ws, &identifier, "export", reason.as_deref()),
+            )
+            .await?;
             let text =
                 serde_json::to_vec_pretty(&found).map_err(|e| Error::Other(e.to_string()))?;
             // Written next to the target and renamed: a reader never sees half a document.
@@ -161,10 +159,11 @@ pub async fn run(
             format,
         } => {
             let ws = open()?;
-            let progress = crate::cli::spinner("forgetting");
-            let report = forget::forget(&ws, &identifier, reason.as_deref()).await;
-            progress.finish_and_clear();
-            let report = report?;
+            let report = with_spinner(
+                "forgetting",
+                forget::forget(&ws, &identifier, reason.as_deref()),
+            )
+            .await?;
             match format.format {
                 OutputFormat::Table => {
                     let mut head = serde_json::to_value(&report).expect("serialises");
@@ -244,10 +243,11 @@ pub async fn run(
             )
             .await?;
             if !no_resolve {
-                let progress = crate::cli::spinner("applying to profiles");
-                let r = tribe::identity::resolve(&ws, tribe::identity::Options::default()).await;
-                progress.finish_and_clear();
-                r?;
+                with_spinner(
+                    "applying to profiles",
+                    tribe::identity::resolve(&ws, tribe::identity::Options::default()),
+                )
+                .await?;
             }
             let report = serde_json::json!({
                 "statement_id": statement.statement_id,

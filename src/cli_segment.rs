@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use tribe::output::{OutputFormat, print_report, print_rows, print_stream};
 use tribe::segment::{Dialect, Segments, parse_as_of};
-use tribe::{Error, Result, Workspace};
+use tribe::{Result, Workspace};
 
 use crate::cli::FormatArg;
 
@@ -71,7 +71,7 @@ pub enum SegmentCommand {
 }
 
 pub async fn run(ws: &Workspace, command: SegmentCommand, out: &mut dyn Write) -> Result<ExitCode> {
-    let io = |e| Error::io("<stdout>", e);
+    let io = crate::cli::stdout_error;
     let segments = Segments::open(ws).await?;
     match command {
         SegmentCommand::List { format } => {

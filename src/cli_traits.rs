@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use tribe::Result;
 use tribe::output::print_report;
-use tribe::{Error, Result};
 
 use crate::cli::FormatArg;
 
@@ -66,7 +66,7 @@ pub async fn run(
             print_report(&fit, format.format, out)?;
             if format.format == tribe::output::OutputFormat::Table {
                 writeln!(out, "fitted in {:.2} s", started.elapsed().as_secs_f64())
-                    .map_err(|e| Error::io("<stdout>", e))?;
+                    .map_err(crate::cli::stdout_error)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -80,7 +80,7 @@ fn print_traits_report(
     out: &mut dyn Write,
 ) -> Result<()> {
     use tribe::output::{OutputFormat, print_rows};
-    let io = |e| Error::io("<stdout>", e);
+    let io = crate::cli::stdout_error;
     if format == OutputFormat::Json {
         return print_report(report, format, out);
     }
