@@ -16,18 +16,14 @@ use tribe::export::RunRequest;
 use tribe::storage::TableSpec;
 use tribe::workspace::Workspace;
 
+mod common;
 #[path = "support/profiles.rs"]
 mod profiles;
 use profiles::{profiles, write_profiles};
 
 fn main() {
-    let members: usize = std::env::var("TRIBE_BENCH_MEMBERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let root = std::env::var("TRIBE_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir().join("tribe-bench-export"));
+    let members = common::env_number("TRIBE_BENCH_MEMBERS", 1_000_000) as usize;
+    let root = common::bench_root("export");
     let dir = root.join(format!("export-{members}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("queries")).unwrap();
@@ -88,12 +84,7 @@ fn main() {
 /// The same export in DuckDB over the same Parquet files: the second run's work (hash, consent
 /// filter, adds and removes against the first run's state), written as CSV.
 async fn duckdb(dir: &Path, ws: &Workspace, previous_run: &str) {
-    let venv = std::env::var("TRIBE_TEST_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tribe/venv")
-        });
-    let python = venv.join("bin/python");
+    let python = common::venv_python();
     if !python.exists() {
         println!("\n(DuckDB not installed: run .ci/run once for the side-by-side)");
         return;

@@ -21,13 +21,8 @@ use tribe::ingest::events::{EventIngest, ingest_events};
 use tribe::workspace::Workspace;
 
 fn main() {
-    let target: u64 = std::env::var("TRIBE_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
-    let root = std::env::var("TRIBE_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir().join("tribe-bench-ingest"));
+    let target = common::env_number("TRIBE_BENCH_EVENTS", 10_000_000);
+    let root = common::bench_root("ingest");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -195,11 +190,6 @@ fn new_workspace(dir: &Path) -> Workspace {
 
 /// The same two aggregates in DuckDB on the same files, best of three; `None` without DuckDB.
 fn duckdb_times(glob: &str) -> (Option<f64>, Option<f64>) {
-    let venv = std::env::var("TRIBE_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tribe/venv")
-        });
     let script = format!(
         r#"
 import duckdb, time
@@ -214,7 +204,7 @@ print(best("select sum(prop_revenue) from events where event = 'Order Completed'
 print(best("select sum(cast(json_extract(properties, '$.revenue') as double)) from events where event = 'Order Completed'"))
 "#
     );
-    let out = Command::new(venv.join("bin/python"))
+    let out = Command::new(common::venv_python())
         .args(["-c", &script])
         .output();
     match out {

@@ -12,7 +12,6 @@
 mod common;
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 use std::time::Instant;
 
 use indicatif::ProgressBar;
@@ -21,11 +20,11 @@ use tribe::identity::unionfind::{Link, components};
 use tribe::workspace::Workspace;
 
 fn main() {
-    let people: u64 = env("TRIBE_BENCH_PEOPLE", 100_000);
+    let people: u64 = common::env_number("TRIBE_BENCH_PEOPLE", 100_000);
     let mut rows: Vec<(String, String)> = Vec::new();
 
     // 1. The core.
-    let core_people = env("TRIBE_BENCH_CORE_PEOPLE", 1_000_000);
+    let core_people = common::env_number("TRIBE_BENCH_CORE_PEOPLE", 1_000_000);
     let (types, mut links) = synthetic(core_people);
     let t = Instant::now();
     links.sort_unstable();
@@ -47,10 +46,7 @@ fn main() {
     ));
 
     // 2. The pipeline.
-    let root = std::env::var("TRIBE_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir().join("tribe-bench-resolve"));
-    let dir = root.join(format!("demo-{people}"));
+    let dir = common::bench_root("resolve").join(format!("demo-{people}"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,13 +110,6 @@ fn main() {
     for (k, v) in rows {
         println!("| {k} | {v} |");
     }
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 async fn count(ctx: &datafusion::prelude::SessionContext, q: &str) -> i64 {

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -21,10 +21,7 @@ use tribe::workspace::Workspace;
 mod common;
 
 fn main() {
-    let people: u64 = std::env::var("TRIBE_BENCH_PEOPLE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let people = common::env_number("TRIBE_BENCH_PEOPLE", 100_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -128,11 +125,6 @@ async fn count(segments: &Segments, sql: &str) -> u64 {
 type DuckResult = Result<(f64, u64), String>;
 
 fn duckdb(dir: &Path, queries: &BTreeMap<String, String>) -> BTreeMap<String, DuckResult> {
-    let venv = std::env::var("TRIBE_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tribe/venv")
-        });
     let data = dir.join("data");
     let tables: BTreeMap<&str, String> = ["events", "profiles", "profile_routes", "traits"]
         .into_iter()
@@ -145,7 +137,7 @@ fn duckdb(dir: &Path, queries: &BTreeMap<String, String>) -> BTreeMap<String, Du
         "repeat": 3,
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/duckdb_segments.py");
-    let mut child = Command::new(venv.join("bin/python"))
+    let mut child = Command::new(common::venv_python())
         .arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tribe::serve::{Listening, ServeOptions, serve};
 use tribe::workspace::Workspace;
 
+mod common;
 #[path = "support/profiles.rs"]
 mod profiles;
 use profiles::{email, profiles, write_profiles};
@@ -306,9 +307,7 @@ fn sql_bench(root: &Path) {
 }
 
 fn main() {
-    let root = std::env::var("TRIBE_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir().join("tribe-bench-serve"));
+    let root = common::bench_root("serve");
     let only = std::env::var("TRIBE_BENCH_ONLY").unwrap_or_default();
     if only.is_empty() || only == "collector" {
         collector_bench(&root);
