@@ -358,3 +358,35 @@ fn purchases_in_other_currencies_are_skipped_and_counted() {
     );
     assert_eq!(rows, vec![",", "1,5.0", "2,40.0"]);
 }
+
+#[test]
+fn all_spend_zero_leaves_spend_traits_out_and_says_why() {
+    let dir = common::workspace(common::Backend::Local, "");
+    let lines: Vec<String> = ["ana", "bo", "cy"]
+        .iter()
+        .flat_map(|user| {
+            ["2026-05-01", "2026-05-10", "2026-05-20"].map(|day| {
+                common::track(
+                    &format!("{user}-{day}"),
+                    user,
+                    "Order Completed",
+                    &format!("{day}T10:00:00Z"),
+                    r#"{"revenue":0}"#,
+                )
+            })
+        })
+        .collect();
+    let report = compute_from_events(dir.path(), &(lines.join("\n") + "\n"), "2026-06-01");
+    assert_eq!(report["non_positive_spend"], 3, "{report}");
+    let not_produced = report["not_produced"].to_string();
+    assert!(
+        not_produced.contains("expected_spend, clv: Gamma-Gamma: 0 customer(s)"),
+        "{report}"
+    );
+    // Nothing undefined is written: the spend columns are null, not NaN.
+    let rows = common::sql(
+        dir.path(),
+        "select count(*), count(expected_spend), count(clv), sum(case when isnan(monetary) then 1 else 0 end) from traits",
+    );
+    assert_eq!(rows, vec!["3,0,0,0"]);
+}

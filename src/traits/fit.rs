@@ -231,3 +231,41 @@ pub fn par_sum<T: Sync, const K: usize>(
     }
     (total, grad)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-parameter log-likelihood given as a function and its derivative.
+    struct OneParam(fn(f64) -> (f64, f64));
+
+    impl Likelihood for OneParam {
+        fn observations(&self) -> usize {
+            1
+        }
+        fn ll_grad(&self, p: &[f64], grad: &mut [f64]) -> f64 {
+            let (v, d) = (self.0)(p[0]);
+            grad[0] = d;
+            v
+        }
+    }
+
+    #[test]
+    fn a_finite_maximum_is_found_without_penalty() {
+        let model = OneParam(|p| (-(p - 3.0).powi(2), -2.0 * (p - 3.0)));
+        let (p, penalty) = fit("test", &model, &[1.0]).unwrap();
+        assert!((p[0] - 3.0).abs() < 1e-4, "{p:?}");
+        assert_eq!(penalty, 0.0);
+    }
+
+    #[test]
+    fn a_likelihood_without_finite_maximum_is_an_error_that_says_so() {
+        // Grows faster than the largest L2 penalty (0.1 p²) can hold back.
+        let model = OneParam(|p| (p.powi(3), 3.0 * p * p));
+        let err = fit("Gamma-Gamma", &model, &[1.0]).unwrap_err().to_string();
+        assert!(
+            err.contains("Gamma-Gamma") && err.contains("did not converge"),
+            "{err}"
+        );
+    }
+}
