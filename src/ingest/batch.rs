@@ -7,7 +7,8 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
     TimestampMicrosecondBuilder,
 };
-use arrow::datatypes::SchemaRef;
+use arrow::array::{AsArray, UInt32Array};
+use arrow::datatypes::{Date32Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::message::{EventRow, TypedValue};
@@ -110,34 +111,41 @@ pub struct EventBatch {
     pub hashes: Vec<u128>,
 }
 
-fn ts() -> TimestampMicrosecondBuilder {
-    TimestampMicrosecondBuilder::new().with_timezone("UTC")
-}
-
 impl EventBatchBuilder {
     /// A builder for the events `schema` whose typed columns are `typed`, in order.
     pub fn new(schema: SchemaRef, typed: &[(String, ValueType)]) -> Self {
+        Self::for_input(schema, typed, 0)
+    }
+
+    /// A builder sized for about `input_bytes` of JSON messages, so that its buffers do not
+    /// grow (and get copied) row by row. Unused capacity is never touched, so it costs no memory.
+    pub fn for_input(schema: SchemaRef, typed: &[(String, ValueType)], input_bytes: usize) -> Self {
+        let rows = input_bytes / 256 + 1;
+        let ids = || StringBuilder::with_capacity(rows, rows * 40);
+        let small = || StringBuilder::with_capacity(rows, rows * 16);
+        let json = |share: usize| StringBuilder::with_capacity(rows, input_bytes / share);
+        let ts = || TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
         EventBatchBuilder {
             schema,
-            message_id: StringBuilder::new(),
-            kind: StringBuilder::new(),
-            event: StringBuilder::new(),
-            name: StringBuilder::new(),
-            user_id: StringBuilder::new(),
-            anonymous_id: StringBuilder::new(),
+            message_id: ids(),
+            kind: small(),
+            event: small(),
+            name: small(),
+            user_id: ids(),
+            anonymous_id: ids(),
             previous_id: StringBuilder::new(),
             group_id: StringBuilder::new(),
             timestamp: ts(),
             received_at: ts(),
             sent_at: ts(),
-            source: StringBuilder::new(),
+            source: small(),
             typed: typed.iter().map(|(_, t)| TypedBuilder::new(*t)).collect(),
-            properties: StringBuilder::new(),
-            traits: StringBuilder::new(),
-            context: StringBuilder::new(),
+            properties: json(2),
+            traits: json(4),
+            context: json(2),
             integrations: StringBuilder::new(),
-            day: Date32Builder::new(),
-            hashes: Vec::new(),
+            day: Date32Builder::with_capacity(rows),
+            hashes: Vec::with_capacity(rows),
         }
     }
 
@@ -204,9 +212,70 @@ impl EventBatchBuilder {
         ]);
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .expect("builder columns follow the events schema");
-        EventBatch {
-            batch,
-            hashes: std::mem::take(&mut self.hashes),
+        sorted_by_day(batch, std::mem::take(&mut self.hashes))
+    }
+}
+
+/// Rows in day order, keeping input order within a day (the first copy of a message is the
+/// one stored). The writer then takes each day's rows as one slice; sorting here runs on the
+/// parsing threads instead of the single writer.
+fn sorted_by_day(batch: RecordBatch, hashes: Vec<u128>) -> EventBatch {
+    let days = batch
+        .column_by_name("day")
+        .expect("events batches have a day")
+        .as_primitive::<Date32Type>()
+        .values();
+    if days.is_sorted() {
+        return EventBatch { batch, hashes };
+    }
+    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    order.sort_by_key(|&i| days[i as usize]);
+    let hashes = order.iter().map(|&i| hashes[i as usize]).collect();
+    let batch = arrow::compute::take_record_batch(&batch, &UInt32Array::from(order))
+        .expect("indices are in bounds");
+    EventBatch { batch, hashes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::message::{ParseRules, parse_message};
+
+    #[test]
+    fn batches_come_sorted_by_day_keeping_the_input_order_within_a_day() {
+        let config = crate::config::Config::default();
+        let spec = crate::storage::schema::events(&config);
+        let typed: Vec<(String, ValueType)> = crate::storage::schema::typed_properties(&config)
+            .into_iter()
+            .collect();
+        let rules = ParseRules {
+            typed: typed.clone(),
+            max_bytes: 32 * 1024,
+            received_at: 0,
+        };
+        let mut builder = EventBatchBuilder::new(spec.schema.clone(), &typed);
+        let lines = [
+            ("a", "2026-03-02T10:00:00Z"),
+            ("b", "2026-03-01T10:00:00Z"),
+            ("c", "2026-03-02T09:00:00Z"),
+            ("d", "2026-03-01T11:00:00Z"),
+        ];
+        for (id, ts) in lines {
+            let line = format!(
+                r#"{{"type":"track","event":"E","userId":"u","messageId":"{id}","timestamp":"{ts}"}}"#
+            );
+            builder.push(&parse_message(&line, &rules).unwrap(), "web");
         }
+        let EventBatch { batch, hashes } = builder.finish();
+        let ids: Vec<&str> = batch
+            .column_by_name("message_id")
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .collect();
+        assert_eq!(ids, ["b", "d", "a", "c"]);
+        let expected: Vec<u128> = ids.iter().map(|id| id_hash(id)).collect();
+        assert_eq!(hashes, expected);
     }
 }

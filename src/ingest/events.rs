@@ -171,7 +171,9 @@ async fn ingest_file(
     strict: bool,
     progress: &ProgressBar,
 ) -> Result<()> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Parsed>(2);
+    // Room for about one write batch of parsed chunks, so that parsing goes on while the writer
+    // encodes a batch.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Parsed>(32);
     let reader = {
         let file = file.to_path_buf();
         let source = source.to_string();
@@ -199,8 +201,9 @@ async fn ingest_file(
     }
 }
 
-/// Reads and parses one file on the blocking pool, a few chunks at a time in parallel, sending
-/// parsed chunks in file order.
+/// Reads and parses one file on the blocking pool, sending parsed chunks in file order. A
+/// reader thread stays one group of chunks ahead, so the disk read overlaps parsing; each group
+/// is parsed on all cores.
 fn parse_file(
     file: &Path,
     source: &str,
@@ -210,26 +213,45 @@ fn parse_file(
     let label = file_label(file);
     let kind = position_kind(file);
     let width = rayon::current_num_threads().max(1) * 2;
-    let mut pending: Vec<Chunk> = Vec::with_capacity(width);
-    let send_all = |pending: &mut Vec<Chunk>| -> Result<()> {
-        let parsed: Vec<Parsed> = pending
-            .par_drain(..)
-            .map(|chunk| parse_chunk(&chunk, source, &label, kind, setup))
-            .collect();
-        for p in parsed {
-            tx.blocking_send(p)
-                .map_err(|_| Error::Other("ingest stopped".into()))?;
-        }
-        Ok(())
-    };
-    read_chunks(file, |chunk| {
-        pending.push(chunk);
-        if pending.len() >= width {
-            send_all(&mut pending)?;
-        }
-        Ok(())
-    })?;
-    send_all(&mut pending)
+    let (chunks_tx, chunks) = std::sync::mpsc::sync_channel::<Chunk>(width);
+    std::thread::scope(|scope| {
+        // The reader owns the sender: when it finishes, the parser sees the end of the file.
+        let reader = scope.spawn(move || {
+            // A send fails only when the parser stopped first; its error is the one to report.
+            read_chunks(file, |chunk| {
+                chunks_tx
+                    .send(chunk)
+                    .map_err(|_| Error::Other("ingest stopped".into()))
+            })
+        });
+        let parsed = (|| {
+            let mut group: Vec<Chunk> = Vec::with_capacity(width);
+            loop {
+                while group.len() < width {
+                    match chunks.recv() {
+                        Ok(chunk) => group.push(chunk),
+                        Err(_) => break,
+                    }
+                }
+                if group.is_empty() {
+                    return Ok(());
+                }
+                let parsed: Vec<Parsed> = group
+                    .par_drain(..)
+                    .map(|chunk| parse_chunk(&chunk, source, &label, kind, setup))
+                    .collect();
+                for p in parsed {
+                    tx.blocking_send(p)
+                        .map_err(|_| Error::Other("ingest stopped".into()))?;
+                }
+            }
+        })();
+        drop(chunks);
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::Other(format!("reading {label} panicked"))));
+        read.and(parsed)
+    })
 }
 
 fn parse_chunk(
@@ -239,7 +261,8 @@ fn parse_chunk(
     kind: super::input::PositionKind,
     setup: &ParseSetup,
 ) -> Parsed {
-    let mut builder = EventBatchBuilder::new(setup.spec.schema.clone(), &setup.typed);
+    let mut builder =
+        EventBatchBuilder::for_input(setup.spec.schema.clone(), &setup.typed, chunk.text.len());
     let mut rejects = Vec::new();
     let mut read = 0;
     let mut suppressed = 0;

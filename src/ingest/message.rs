@@ -3,7 +3,6 @@
 //! the hot loop of ingestion.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use serde::Deserialize;
@@ -145,8 +144,66 @@ struct RawMessage<'a> {
     integrations: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
-struct Properties<'a>(#[serde(borrow)] HashMap<Cow<'a, str>, &'a RawValue>);
+/// The top-level properties of a message, in order, with their values as raw JSON. A list,
+/// not a map: messages have a handful of properties, and this runs for every message.
+struct Properties<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Properties<'a> {
+    /// The value of a property; the last one wins when a name repeats, as in a JSON object.
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
+    }
+}
+
+impl<'de> Deserialize<'de> for Properties<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Properties<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((key, value)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    entries.push((key.0, value));
+                }
+                Ok(Properties(entries))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// An object key, borrowed from the input unless it has escapes. (Serde's own `Cow<str>`
+/// always allocates.)
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(Visit)
+    }
+}
 
 /// Parses and checks one message. `line` is one JSON object.
 pub fn parse_message<'a>(line: &'a str, rules: &ParseRules) -> Result<EventRow<'a>, Rejection> {
@@ -364,8 +421,8 @@ pub fn typed_values(
         return Ok(out);
     }
     for (slot, (name, ty)) in out.iter_mut().zip(typed) {
-        let found = match map.0.get(name.as_str()) {
-            Some(raw) => Some(raw.get().to_string()),
+        let found = match map.get(name) {
+            Some(raw) => Some(Cow::Borrowed(raw.get())),
             None if name.contains('.') => nested(&map, name),
             None => None,
         };
@@ -378,14 +435,14 @@ pub fn typed_values(
 }
 
 /// A nested property by its dotted path (`product.sku`), as JSON text.
-fn nested(map: &Properties, path: &str) -> Option<String> {
+fn nested<'a>(map: &Properties<'a>, path: &str) -> Option<Cow<'a, str>> {
     let mut parts = path.split('.');
     let mut current: serde_json::Value =
-        serde_json::from_str(map.0.get(parts.next()?)?.get()).ok()?;
+        serde_json::from_str(map.get(parts.next()?)?.get()).ok()?;
     for part in parts {
         current = current.get(part)?.clone();
     }
-    Some(current.to_string())
+    Some(Cow::Owned(current.to_string()))
 }
 
 /// Converts one JSON value to a column type. Numbers written as strings ("12.50") are accepted,

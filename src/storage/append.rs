@@ -7,16 +7,17 @@
 //! conflicts; the append then re-reads those days and either commits (no overlap) or reports
 //! that it must be redone.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use arrow::array::{AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::Date32Type;
 use arrow::record_batch::RecordBatch;
 use datafusion::prelude::{SessionContext, col, lit};
+use delta_kernel::expressions::Scalar;
 use deltalake::DeltaTable;
 use deltalake::kernel::{Action, Add};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use futures::StreamExt;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -61,11 +62,11 @@ pub struct Append {
     scope: KeyScope,
     /// Whether the table had no data files when last loaded: then there are no keys to read.
     empty: bool,
-    existing: HashSet<u128>,
+    existing: KeySet,
     loaded_days: BTreeSet<i32>,
     loaded_values: BTreeSet<String>,
     loaded_table: bool,
-    written: HashSet<u128>,
+    written: KeySet,
     writer: RecordBatchWriter,
     /// Rows kept until there are enough to give each partition a sizeable slice.
     pending: Vec<RecordBatch>,
@@ -74,6 +75,10 @@ pub struct Append {
     inserted: u64,
     duplicates: u64,
 }
+
+/// Key hashes. They are already uniform (xxh3), so a fast hasher is enough; SipHash was a
+/// tenth of the writer's time.
+type KeySet = HashSet<u128, foldhash::fast::RandomState>;
 
 /// Rows collected before they go to the Parquet writer.
 const PENDING_ROWS: usize = 256 * 1024;
@@ -101,11 +106,11 @@ impl Append {
             key_column,
             scope,
             empty,
-            existing: HashSet::new(),
+            existing: KeySet::default(),
             loaded_days: BTreeSet::new(),
             loaded_values: BTreeSet::new(),
             loaded_table: false,
-            written: HashSet::new(),
+            written: KeySet::default(),
             writer,
             pending: Vec::new(),
             pending_rows: 0,
@@ -158,13 +163,43 @@ impl Append {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let batch = arrow::compute::concat_batches(&self.pending[0].schema(), &self.pending)?;
-        self.pending.clear();
+        let pending = std::mem::take(&mut self.pending);
         self.pending_rows = 0;
+        if self.scope == KeyScope::PerDay {
+            return self.write_days(&pending).await;
+        }
+        let batch = arrow::compute::concat_batches(&pending[0].schema(), &pending)?;
         self.writer
             .write(batch)
             .await
             .map_err(|e| Error::delta(&self.spec.name, e))
+    }
+
+    /// Writes day-partitioned rows one day at a time. Event batches come sorted by day, so a
+    /// day's rows are one slice of each batch and gathering them is a plain copy. (The writer's
+    /// own split would concatenate, sort and copy again on this single thread; on an events
+    /// ingest that was a tenth of the writer's time.)
+    async fn write_days(&mut self, pending: &[RecordBatch]) -> Result<()> {
+        let mut slices: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
+        for batch in pending {
+            let days = day_column(batch)?.values();
+            let mut start = 0;
+            while start < days.len() {
+                let day = days[start];
+                let len = days[start..].iter().take_while(|d| **d == day).count();
+                slices.entry(day).or_default().push(batch.slice(start, len));
+                start += len;
+            }
+        }
+        for (day, parts) in slices {
+            let batch = arrow::compute::concat_batches(&parts[0].schema(), &parts)?;
+            let values = indexmap::IndexMap::from([("day".to_string(), Scalar::Date(day))]);
+            self.writer
+                .write_partition(batch, &values, WriteMode::Default)
+                .await
+                .map_err(|e| Error::delta(&self.spec.name, e))?;
+        }
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -214,7 +249,7 @@ impl Append {
     }
 
     /// Hashes of the keys stored in the table, optionally filtered.
-    async fn scan_keys(&self, filter: Option<datafusion::prelude::Expr>) -> Result<HashSet<u128>> {
+    async fn scan_keys(&self, filter: Option<datafusion::prelude::Expr>) -> Result<KeySet> {
         let ctx = SessionContext::new();
         self.table
             .update_datafusion_session(&ctx.state())
@@ -228,7 +263,7 @@ impl Append {
             .select(vec![col(self.key_column)])?
             .execute_stream()
             .await?;
-        let mut keys = HashSet::new();
+        let mut keys = KeySet::default();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             let cast = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
@@ -334,13 +369,21 @@ pub(super) fn new_writer(table: &DeltaTable, name: &str) -> Result<RecordBatchWr
         .with_target_file_size(TARGET_FILE_SIZE))
 }
 
-/// The distinct UTC days of a batch's `day` column.
-fn batch_days(batch: &RecordBatch) -> Result<BTreeSet<i32>> {
+/// A batch's `day` column. It is never null: every row has a timestamp.
+fn day_column(batch: &RecordBatch) -> Result<&arrow::array::Date32Array> {
     let column = batch
         .column_by_name("day")
         .ok_or_else(|| Error::Other("batch has no day column".into()))?;
     let days = column.as_primitive::<Date32Type>();
-    Ok(days.iter().flatten().collect())
+    if arrow::array::Array::null_count(days) > 0 {
+        return Err(Error::Other("batch has rows without a day".into()));
+    }
+    Ok(days)
+}
+
+/// The distinct UTC days of a batch's `day` column.
+fn batch_days(batch: &RecordBatch) -> Result<BTreeSet<i32>> {
+    Ok(day_column(batch)?.values().iter().copied().collect())
 }
 
 fn batch_strings(batch: &RecordBatch, column: &str) -> Result<BTreeSet<String>> {
