@@ -22,6 +22,7 @@ mod profiles;
 use profiles::{profiles, write_profiles};
 
 fn main() {
+    tribe::tune_allocator();
     let members = common::env_number("TRIBE_BENCH_MEMBERS", 1_000_000) as usize;
     let root = common::bench_root("export");
     let dir = root.join(format!("export-{members}"));

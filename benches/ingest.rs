@@ -21,6 +21,7 @@ use tribe::ingest::events::{EventIngest, ingest_events};
 use tribe::workspace::Workspace;
 
 fn main() {
+    tribe::tune_allocator();
     let target = common::env_number("TRIBE_BENCH_EVENTS", 10_000_000);
     let root = common::bench_root("ingest");
     let _ = std::fs::remove_dir_all(&root);

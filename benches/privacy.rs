@@ -250,6 +250,7 @@ async fn build(dir: &Path, people: u64) -> Workspace {
 }
 
 fn main() {
+    tribe::tune_allocator();
     let people = common::env_number("TRIBE_BENCH_PEOPLE", 1_000_000);
     let dir = common::bench_root("privacy").join(format!("privacy-{people}"));
     let rt = tokio::runtime::Runtime::new().unwrap();

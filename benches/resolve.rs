@@ -20,6 +20,7 @@ use tribe::identity::unionfind::{Link, components};
 use tribe::workspace::Workspace;
 
 fn main() {
+    tribe::tune_allocator();
     let people: u64 = common::env_number("TRIBE_BENCH_PEOPLE", 100_000);
     let mut rows: Vec<(String, String)> = Vec::new();
 

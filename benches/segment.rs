@@ -21,6 +21,7 @@ use tribe::workspace::Workspace;
 mod common;
 
 fn main() {
+    tribe::tune_allocator();
     let people = common::env_number("TRIBE_BENCH_PEOPLE", 100_000);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

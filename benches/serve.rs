@@ -307,6 +307,7 @@ fn sql_bench(root: &Path) {
 }
 
 fn main() {
+    tribe::tune_allocator();
     let root = common::bench_root("serve");
     let only = std::env::var("TRIBE_BENCH_ONLY").unwrap_or_default();
     if only.is_empty() || only == "collector" {

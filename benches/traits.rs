@@ -16,6 +16,7 @@ use tribe::workspace::Workspace;
 mod common;
 
 fn main() {
+    tribe::tune_allocator();
     let people = common::env_number("TRIBE_BENCH_PEOPLE", 100_000);
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/cdnow");
     println!("| CDNOW file | customers | BG/NBD + Gamma-Gamma fit (best of 5) |");

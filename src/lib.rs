@@ -27,6 +27,21 @@ pub mod workspace;
 
 pub use error::{Error, Result};
 
+/// Tunes glibc's allocator for tribe's pattern: every few milliseconds a thread builds and drops
+/// batch buffers of several megabytes. By default glibc serves those with fresh `mmap`s and
+/// returns them at once, so each batch pays page faults and kernel page zeroing: a fifth of an
+/// events ingest's CPU went to the kernel. Keeping up to 1 GiB of freed heap cut that time
+/// (10.5M events: system time 12.6 s down to 3.4 s, wall time 36.9 s down to 31.5 s). Call it
+/// first thing in `main`, before other threads start.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before other threads run.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// A crash-test seam: with `TRIBE_TEST_PAUSE_AT=<step>` the process stops at that step (and
 /// says so on stderr) so that a test can kill it there. Exports and erasures use it.
 pub(crate) fn pause_point(step: &str) {

@@ -9,5 +9,6 @@ mod cli_serve;
 mod cli_traits;
 
 fn main() -> std::process::ExitCode {
+    tribe::tune_allocator();
     cli::main()
 }
