@@ -13,13 +13,9 @@ use arrow::record_batch::RecordBatch;
 
 use super::message::{EventRow, TypedValue};
 use crate::config::ValueType;
+use crate::storage::append::key_hash;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
-
-/// The dedupe key of a message id.
-pub fn id_hash(message_id: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(message_id.as_bytes())
-}
 
 /// The UTC day (days since 1970-01-01) of a timestamp in microseconds.
 pub fn day_of(micros: i64) -> i32 {
@@ -160,7 +156,7 @@ impl EventBatchBuilder {
 
     /// Appends one row from `source`.
     pub fn push(&mut self, row: &EventRow<'_>, source: &str) {
-        self.hashes.push(id_hash(&row.message_id));
+        self.hashes.push(key_hash(&row.message_id));
         self.message_id.append_value(&row.message_id);
         self.kind.append_value(row.kind.as_str());
         self.event.append_option(row.event.as_deref());
@@ -275,7 +271,7 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(ids, ["b", "d", "a", "c"]);
-        let expected: Vec<u128> = ids.iter().map(|id| id_hash(id)).collect();
+        let expected: Vec<u128> = ids.iter().map(|id| key_hash(id)).collect();
         assert_eq!(hashes, expected);
     }
 }

@@ -182,28 +182,10 @@ impl<'de> Deserialize<'de> for Properties<'de> {
     }
 }
 
-/// An object key, borrowed from the input unless it has escapes. (Serde's own `Cow<str>`
-/// always allocates.)
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
-            }
-        }
-        deserializer.deserialize_str(Visit)
-    }
-}
+/// An object key, borrowed from the input unless it has escapes (a bare `Cow<str>` would
+/// always allocate; `serde(borrow)` makes it borrow).
+#[derive(Deserialize)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// Parses and checks one message. `line` is one JSON object.
 pub fn parse_message<'a>(line: &'a str, rules: &ParseRules) -> Result<EventRow<'a>, Rejection> {
@@ -536,6 +518,28 @@ mod tests {
             max_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             received_at: 7,
         }
+    }
+
+    #[test]
+    fn property_names_are_borrowed_unless_escaped() {
+        let plain: Key = serde_json::from_str(r#""revenue""#).unwrap();
+        assert!(matches!(plain.0, Cow::Borrowed("revenue")));
+        let escaped: Key = serde_json::from_str(r#""re\u0076enue""#).unwrap();
+        assert!(matches!(escaped.0, Cow::Owned(ref k) if k == "revenue"));
+    }
+
+    #[test]
+    fn property_names_with_escapes_are_found_and_the_last_repeat_wins() {
+        let line = r#"{"type":"track","userId":"u1","event":"E","timestamp":"2026-01-31","properties":{"re\u0076enue":3,"currency":"EUR","currency":"USD"}}"#;
+        let row = parse_message(line, &rules()).unwrap();
+        assert_eq!(
+            row.typed,
+            vec![
+                TypedValue::Double(3.0),
+                TypedValue::Text("USD".into()),
+                TypedValue::Null
+            ]
+        );
     }
 
     #[test]

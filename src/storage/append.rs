@@ -165,7 +165,7 @@ impl Append {
         }
         let pending = std::mem::take(&mut self.pending);
         self.pending_rows = 0;
-        if self.scope == KeyScope::PerDay {
+        if self.spec.partition_columns == ["day"] {
             return self.write_days(&pending).await;
         }
         let batch = arrow::compute::concat_batches(&pending[0].schema(), &pending)?;
