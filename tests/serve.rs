@@ -78,19 +78,22 @@ impl Server {
             pg,
             log,
         };
-        let port = if args.contains(&"--collector") {
-            collector
-        } else {
-            pg
-        };
+        // Wait for every listener asked for: the SQL endpoint registers the workspace's tables
+        // before it listens, so it can open well after the collector.
+        let ports = [("--collector", collector), ("--pg", pg)]
+            .into_iter()
+            .filter(|(flag, _)| args.contains(flag))
+            .map(|(_, port)| port);
         let deadline = Instant::now() + Duration::from_secs(120);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "serve did not start: {}",
-                server.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        for port in ports {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "serve did not start: {}",
+                    server.logs()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         server
     }
