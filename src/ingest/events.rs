@@ -2,16 +2,17 @@
 //! `events` table, in one atomic commit per ingest. Parsing runs on all cores while the Parquet
 //! writer streams files out; a bounded channel between them keeps memory flat.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 
-use super::batch::{EventBatch, EventBatchBuilder};
+use super::batch::{EventBatch, EventBatchBuilder, day_of};
 use super::input::{Chunk, position_kind, read_chunks};
-use super::message::{DEFAULT_MAX_MESSAGE_BYTES, ParseRules, parse_message};
+use super::message::{DEFAULT_MAX_MESSAGE_BYTES, EventRow, ParseRules, parse_message};
 use super::rejected::{RejectedRow, file_label, raw_excerpt};
 use super::{IngestReport, rejected};
 use crate::config::ValueType;
@@ -30,9 +31,9 @@ pub struct EventIngest {
     pub strict: bool,
 }
 
-/// One parsed chunk.
+/// One parsed group of chunks: a batch per day, in day order.
 struct Parsed {
-    batch: EventBatch,
+    batches: Vec<EventBatch>,
     rejects: Vec<RejectedRow>,
     read: u64,
     suppressed: u64,
@@ -171,9 +172,8 @@ async fn ingest_file(
     strict: bool,
     progress: &ProgressBar,
 ) -> Result<()> {
-    // Room for about one write batch of parsed chunks, so that parsing goes on while the writer
-    // encodes a batch.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Parsed>(32);
+    // Room for one parsed group, so that parsing goes on while the writer encodes the last.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Parsed>(1);
     let reader = {
         let file = file.to_path_buf();
         let source = source.to_string();
@@ -189,8 +189,11 @@ async fn ingest_file(
         if strict && had_rejects {
             break; // dropping the receiver stops the reader
         }
-        let EventBatch { batch, hashes } = parsed.batch;
-        append.write(batch, &hashes).await?;
+        for EventBatch { batch, hashes } in parsed.batches {
+            append.write(batch, &hashes).await?;
+        }
+        // One write per group: each day's rows then reach their file in one piece.
+        append.write_pending().await?;
     }
     drop(rx);
     match reader.await {
@@ -201,8 +204,13 @@ async fn ingest_file(
     }
 }
 
-/// Reads and parses one file on the blocking pool, sending parsed chunks in file order. A
-/// reader thread stays one group of chunks ahead, so the disk read overlaps parsing; each group
+/// Chunks parsed together. Each group becomes one batch per day, so the writer hands a day's
+/// rows to its file as they are. Sixteen chunks of 4 MiB give a few hundred rows per day of a
+/// year-long file.
+const GROUP_CHUNKS: usize = 16;
+
+/// Reads and parses one file on the blocking pool, sending parsed groups of chunks in file
+/// order. A reader thread stays one group ahead, so the disk read overlaps parsing; each group
 /// is parsed on all cores.
 fn parse_file(
     file: &Path,
@@ -212,7 +220,7 @@ fn parse_file(
 ) -> Result<()> {
     let label = file_label(file);
     let kind = position_kind(file);
-    let width = rayon::current_num_threads().max(1) * 2;
+    let width = GROUP_CHUNKS.max(rayon::current_num_threads() * 2);
     let (chunks_tx, chunks) = std::sync::mpsc::sync_channel::<Chunk>(width);
     std::thread::scope(|scope| {
         // The reader owns the sender: when it finishes, the parser sees the end of the file.
@@ -236,14 +244,10 @@ fn parse_file(
                 if group.is_empty() {
                     return Ok(());
                 }
-                let parsed: Vec<Parsed> = group
-                    .par_drain(..)
-                    .map(|chunk| parse_chunk(&chunk, source, &label, kind, setup))
-                    .collect();
-                for p in parsed {
-                    tx.blocking_send(p)
-                        .map_err(|_| Error::Other("ingest stopped".into()))?;
-                }
+                let parsed = parse_group(&group, source, &label, kind, setup);
+                group.clear();
+                tx.blocking_send(parsed)
+                    .map_err(|_| Error::Other("ingest stopped".into()))?;
             }
         })();
         drop(chunks);
@@ -254,28 +258,104 @@ fn parse_file(
     })
 }
 
-fn parse_chunk(
-    chunk: &Chunk,
+/// One chunk's accepted rows, and what was not.
+struct ChunkRows<'a> {
+    rows: Vec<EventRow<'a>>,
+    /// Row numbers in day order, input order within a day. (Sorting the rows themselves
+    /// would move every row several times.)
+    order: Vec<u32>,
+    rejects: Vec<RejectedRow>,
+    read: u64,
+    suppressed: u64,
+    bytes_per_row: usize,
+}
+
+/// Parses a group of chunks on all cores, then builds one batch per day from the rows of every
+/// chunk, also on all cores. Rows are copied once, from the JSON text into the day's columns.
+fn parse_group(
+    group: &[Chunk],
     source: &str,
     label: &str,
     kind: super::input::PositionKind,
     setup: &ParseSetup,
 ) -> Parsed {
-    let mut builder =
-        EventBatchBuilder::for_input(setup.spec.schema.clone(), &setup.typed, chunk.text.len());
-    let mut rejects = Vec::new();
-    let mut read = 0;
-    let mut suppressed = 0;
+    let chunks: Vec<ChunkRows<'_>> = group
+        .par_iter()
+        .map(|chunk| parse_rows(chunk, source, label, kind, setup))
+        .collect();
+    // Where each day's rows are, chunk by chunk, so that a day keeps the input order.
+    let mut days: BTreeMap<i32, Vec<(usize, Range<usize>)>> = BTreeMap::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let day_at = |k: usize| day_of(chunk.rows[chunk.order[k] as usize].timestamp);
+        let mut start = 0;
+        while start < chunk.order.len() {
+            let day = day_at(start);
+            let len = (start..chunk.order.len())
+                .take_while(|&k| day_at(k) == day)
+                .count();
+            days.entry(day).or_default().push((i, start..start + len));
+            start += len;
+        }
+    }
+    let days: Vec<Vec<(usize, Range<usize>)>> = days.into_values().collect();
+    let batches = days
+        .into_par_iter()
+        .map(|parts| {
+            let bytes = parts
+                .iter()
+                .map(|(i, rows)| rows.len() * chunks[*i].bytes_per_row)
+                .sum();
+            let mut builder =
+                EventBatchBuilder::for_input(setup.spec.schema.clone(), &setup.typed, bytes);
+            for (i, range) in parts {
+                let chunk = &chunks[i];
+                for &row in &chunk.order[range] {
+                    builder.push(&chunk.rows[row as usize], source);
+                }
+            }
+            builder.finish()
+        })
+        .collect();
+    let mut parsed = Parsed {
+        batches,
+        rejects: Vec::new(),
+        read: 0,
+        suppressed: 0,
+        input_bytes: group.iter().map(|c| c.input_bytes).sum(),
+    };
+    for chunk in chunks {
+        parsed.rejects.extend(chunk.rejects);
+        parsed.read += chunk.read;
+        parsed.suppressed += chunk.suppressed;
+    }
+    parsed
+}
+
+fn parse_rows<'a>(
+    chunk: &'a Chunk,
+    source: &str,
+    label: &str,
+    kind: super::input::PositionKind,
+    setup: &ParseSetup,
+) -> ChunkRows<'a> {
+    let mut out = ChunkRows {
+        rows: Vec::with_capacity(chunk.text.len() / 256 + 1),
+        order: Vec::new(),
+        rejects: Vec::new(),
+        read: 0,
+        suppressed: 0,
+        bytes_per_row: 0,
+    };
     for (position, line) in chunk.lines() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        read += 1;
+        out.read += 1;
         let outcome = match std::str::from_utf8(line) {
             Ok(text) => parse_message(text, &setup.rules).map(|row| {
                 match setup.tombstones.check_event(&row) {
-                    Verdict::Keep => builder.push(&row, source),
-                    Verdict::Suppress => suppressed += 1,
+                    Verdict::Keep => out.rows.push(row),
+                    Verdict::Suppress => out.suppressed += 1,
                 }
             }),
             Err(e) => Err(super::message::Rejection::new(
@@ -284,7 +364,7 @@ fn parse_chunk(
             )),
         };
         if let Err(rejection) = outcome {
-            rejects.push(RejectedRow {
+            out.rejects.push(RejectedRow {
                 stage: "ingest events",
                 source: source.to_string(),
                 file: label.to_string(),
@@ -296,13 +376,11 @@ fn parse_chunk(
             });
         }
     }
-    Parsed {
-        batch: builder.finish(),
-        rejects,
-        read,
-        suppressed,
-        input_bytes: chunk.input_bytes,
-    }
+    out.order = (0..out.rows.len() as u32).collect();
+    out.order
+        .sort_by_key(|&i| day_of(out.rows[i as usize].timestamp));
+    out.bytes_per_row = chunk.text.len() / out.read.max(1) as usize;
+    out
 }
 
 /// The default source name of a file: its name without extensions (`web.jsonl` → `web`).

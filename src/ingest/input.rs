@@ -94,41 +94,37 @@ fn read_json_lines(
     file: File,
     each: &mut impl FnMut(Chunk) -> Result<()>,
 ) -> Result<()> {
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    // Chunks are read straight into their buffers: no intermediate buffer, and no zeroing of
+    // memory that the read overwrites anyway.
+    let mut reader = file;
     let mut carry: Vec<u8> = Vec::new();
     let mut next_line = 1u64;
     loop {
         let mut buf = std::mem::take(&mut carry);
         let start = buf.len();
-        buf.resize(start + CHUNK_BYTES, 0);
-        let mut filled = start;
-        while filled < buf.len() {
-            let n = reader
-                .read(&mut buf[filled..])
-                .map_err(|e| Error::io(path, e))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        let eof = filled < buf.len();
-        buf.truncate(filled);
+        buf.reserve_exact(CHUNK_BYTES);
+        let read = (&mut reader)
+            .take(CHUNK_BYTES as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(path, e))?;
+        let eof = read < CHUNK_BYTES;
         if buf.is_empty() {
             return Ok(());
         }
-        let read = (filled - start) as u64;
         if !eof {
             // Cut after the last full line; the rest starts the next chunk.
-            match buf.iter().rposition(|b| *b == b'\n') {
-                Some(cut) => carry = buf.split_off(cut + 1),
+            match memchr::memrchr(b'\n', &buf[start..]) {
+                Some(cut) => carry = buf[start + cut + 1..].to_vec(),
                 None => {
                     carry = buf;
                     continue; // one line longer than a chunk: read on
                 }
             }
+            buf.truncate(buf.len() - carry.len());
         }
-        let lines = buf.iter().filter(|b| **b == b'\n').count() as u64
-            + u64::from(buf.last() != Some(&b'\n'));
+        let read = read as u64;
+        let lines =
+            memchr::memchr_iter(b'\n', &buf).count() as u64 + u64::from(buf.last() != Some(&b'\n'));
         let chunk = Chunk {
             text: buf,
             positions: None,

@@ -152,14 +152,21 @@ impl Append {
         if self.pending_rows >= PENDING_ROWS {
             self.write_pending().await?;
         }
-        // Bound the memory of open partition writers: hand finished files over regularly.
-        if self.writer.buffer_len() > 512 * 1024 * 1024 {
-            self.flush().await?;
-        }
         Ok(kept)
     }
 
-    async fn write_pending(&mut self) -> Result<()> {
+    /// Writes the rows handed over so far to their files now, rather than when enough piled up.
+    pub async fn write_pending(&mut self) -> Result<()> {
+        self.write_out().await?;
+        // Bound the memory of open partition writers: hand finished files over regularly.
+        // (Asking costs a walk over every column of every open file, so it is asked here.)
+        if self.writer.buffer_len() > 512 * 1024 * 1024 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_out(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -203,7 +210,7 @@ impl Append {
     }
 
     async fn flush(&mut self) -> Result<()> {
-        self.write_pending().await?;
+        self.write_out().await?;
         let adds = self
             .writer
             .flush()

@@ -363,6 +363,9 @@ pub fn writer_properties() -> WriterProperties {
     // Values that never repeat gain nothing from a dictionary but the cost of trying one.
     for column in [
         "message_id",
+        "timestamp",
+        "received_at",
+        "sent_at",
         "properties",
         "traits",
         "integrations",
