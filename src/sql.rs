@@ -94,17 +94,17 @@ pub async fn register(
 }
 
 /// Every event with the profile it belongs to, found by its (user id, anonymous id) pair, or
-/// for events that carry neither (like orders from a shop system) by the event itself, in
-/// `profile_routes`, which identity resolution writes. Events it has not seen yet have no
-/// profile. `IS NOT DISTINCT FROM` makes absent ids match as equals in the one hash join.
+/// for events that carry neither (like orders from a shop system) by the event itself (its
+/// `route_id`, the message id of exactly those events), in `profile_routes`, which identity
+/// resolution writes. Events it has not seen yet have no profile. `IS NOT DISTINCT FROM`
+/// makes absent ids match as equals in the one hash join.
 pub const PROFILE_EVENTS: &str = "create or replace view profile_events as \
     select r.profile_id, e.* \
     from events e \
     left join profile_routes r \
       on (r.user_id is not distinct from e.user_id) \
      and (r.anonymous_id is not distinct from e.anonymous_id) \
-     and (r.message_id is not distinct from \
-          (case when e.user_id is null and e.anonymous_id is null then e.message_id end))";
+     and (r.message_id is not distinct from e.route_id)";
 
 /// The same view as two branches, events with a user or anonymous id and events with neither,
 /// for engines that plan the one join poorly: DuckDB 2.0 takes 60 times longer over the
@@ -119,7 +119,7 @@ pub const PROFILE_EVENTS_UNION: &str = "create or replace view profile_events as
     union all \
     select r.profile_id, e.* \
     from events e \
-    left join profile_routes r on r.message_id = e.message_id \
+    left join profile_routes r on r.message_id = e.route_id \
     where e.user_id is null and e.anonymous_id is null";
 
 /// A DataFusion context with tribe's settings: all cores, a spilling memory pool of

@@ -325,11 +325,11 @@ fn records_with_mapping_and_derived_events(backend: Backend) {
     assert_eq!(
         sql(
             dir,
-            "select message_id, event, prop_revenue, source from events order by 1"
+            "select message_id, event, prop_revenue, source, route_id from events order by 1"
         ),
         vec![
-            "pos:O1,Order Completed,99.9,pos",
-            "pos:O2,Order Completed,10.0,pos"
+            "pos:O1,Order Completed,99.9,pos,pos:O1",
+            "pos:O2,Order Completed,10.0,pos,pos:O2"
         ]
     );
     assert_eq!(
@@ -399,27 +399,47 @@ fn concurrent_ingests_both_land(backend: Backend) {
 fn maintain_compacts_and_keeps_data(backend: Backend) {
     let ws = workspace(backend, "");
     let dir = ws.path();
-    for i in 0..4 {
+    let ingest = |i: usize, event: &str| {
         let f = write(
             dir,
             &format!("f{i}.jsonl"),
-            &track(&format!("m{i}"), "u", "E", "2026-03-01T10:00:00Z", "{}"),
+            &track(&format!("m{i}"), "u", event, "2026-03-01T10:00:00Z", "{}"),
         );
         ok(tribe(dir).args(["ingest", "events"]).arg(&f));
+    };
+    for (i, event) in ["Zeta", "Alpha", "Mid", "Beta"].into_iter().enumerate() {
+        ingest(i, event);
     }
+    let maintain = || -> serde_json::Value {
+        let out = ok(tribe(dir).args([
+            "maintain",
+            "--table",
+            "events",
+            "--retention-hours",
+            "0",
+            "--format",
+            "json",
+        ]));
+        serde_json::from_str(&out).unwrap()
+    };
     let before = sql(dir, "select message_id from events order by 1");
-    let out = ok(tribe(dir).args([
-        "maintain",
-        "--table",
-        "events",
-        "--retention-hours",
-        "0",
-        "--format",
-        "json",
-    ]));
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report[0]["files_before"], 4, "{out}");
-    assert_eq!(report[0]["files_after"], 1, "{out}");
-    assert_eq!(report[0]["files_vacuumed"], 4, "{out}");
+    let report = maintain();
+    assert_eq!(report[0]["files_before"], 4, "{report}");
+    assert_eq!(report[0]["files_after"], 1, "{report}");
+    assert_eq!(report[0]["files_vacuumed"], 4, "{report}");
     assert_eq!(sql(dir, "select message_id from events order by 1"), before);
+    // The day's one file is sorted by event name (a one-file scan keeps the file's order).
+    assert_eq!(
+        sql(dir, "select event from events"),
+        vec!["Alpha", "Beta", "Mid", "Zeta"]
+    );
+    // A sorted day is left alone until new data arrives in it.
+    assert_eq!(maintain()[0]["files_compacted"], 0);
+    ingest(4, "Gamma");
+    let report = maintain();
+    assert_eq!(report[0]["files_compacted"], 2, "{report}");
+    assert_eq!(
+        sql(dir, "select event from events"),
+        vec!["Alpha", "Beta", "Gamma", "Mid", "Zeta"]
+    );
 }

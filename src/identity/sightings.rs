@@ -207,7 +207,7 @@ pub async fn scan_events(
     // substring test, which is what keeps this scan cheap on page views.
     let query = r#"
         select user_id, anonymous_id, previous_id,
-               case when user_id is null and anonymous_id is null then message_id end as message_id,
+               route_id as message_id,
                case when type <> 'group' then traits end as traits,
                case when context like '%"traits"%' or context like '%"externalIds"%' then context end as context,
                source, min(timestamp) as first_seen, max(timestamp) as last_seen, count(*) as n

@@ -92,6 +92,7 @@ pub struct EventBatchBuilder {
     received_at: TimestampMicrosecondBuilder,
     sent_at: TimestampMicrosecondBuilder,
     source: StringBuilder,
+    route_id: StringBuilder,
     typed: Vec<TypedBuilder>,
     properties: StringBuilder,
     traits: StringBuilder,
@@ -135,6 +136,7 @@ impl EventBatchBuilder {
             received_at: ts(),
             sent_at: ts(),
             source: small(),
+            route_id: StringBuilder::new(),
             typed: typed.iter().map(|(_, t)| TypedBuilder::new(*t)).collect(),
             properties: json(2),
             traits: json(4),
@@ -169,6 +171,9 @@ impl EventBatchBuilder {
         self.received_at.append_value(row.received_at);
         self.sent_at.append_option(row.sent_at);
         self.source.append_value(source);
+        let routed_by_message = row.user_id.is_none() && row.anonymous_id.is_none();
+        self.route_id
+            .append_option(routed_by_message.then_some(row.message_id.as_ref()));
         for (i, builder) in self.typed.iter_mut().enumerate() {
             match row.typed.get(i) {
                 Some(v) => builder.append(v),
@@ -197,6 +202,7 @@ impl EventBatchBuilder {
             Arc::new(self.received_at.finish()),
             Arc::new(self.sent_at.finish()),
             Arc::new(self.source.finish()),
+            Arc::new(self.route_id.finish()),
         ];
         columns.extend(self.typed.iter_mut().map(TypedBuilder::finish));
         columns.extend([
@@ -237,8 +243,7 @@ mod tests {
     use super::*;
     use crate::ingest::message::{ParseRules, parse_message};
 
-    #[test]
-    fn batches_come_sorted_by_day_keeping_the_input_order_within_a_day() {
+    fn builder_and_rules() -> (EventBatchBuilder, ParseRules) {
         let config = crate::config::Config::default();
         let spec = crate::storage::schema::events(&config);
         let typed: Vec<(String, ValueType)> = crate::storage::schema::typed_properties(&config)
@@ -249,7 +254,38 @@ mod tests {
             max_bytes: 32 * 1024,
             received_at: 0,
         };
-        let mut builder = EventBatchBuilder::new(spec.schema.clone(), &typed);
+        (EventBatchBuilder::new(spec.schema.clone(), &typed), rules)
+    }
+
+    fn texts<'a>(batch: &'a RecordBatch, column: &str) -> Vec<Option<&'a str>> {
+        let array = batch.column_by_name(column).unwrap().as_string::<i32>();
+        array.iter().collect()
+    }
+
+    #[test]
+    fn only_events_without_user_or_anonymous_id_get_a_route_id() {
+        let (mut builder, rules) = builder_and_rules();
+        // Segment messages always carry one of the ids; records turned into events may not.
+        for id in ["userId", "anonymousId", "none"] {
+            let line = format!(
+                r#"{{"type":"track","event":"E","userId":"u","anonymousId":"a","messageId":"m-{}","timestamp":"2026-03-01T10:00:00Z"}}"#,
+                builder.len()
+            );
+            let mut row = parse_message(&line, &rules).unwrap();
+            match id {
+                "userId" => row.anonymous_id = None,
+                "anonymousId" => row.user_id = None,
+                _ => (row.user_id, row.anonymous_id) = (None, None),
+            }
+            builder.push(&row, "pos");
+        }
+        let EventBatch { batch, .. } = builder.finish();
+        assert_eq!(texts(&batch, "route_id"), [None, None, Some("m-2")]);
+    }
+
+    #[test]
+    fn batches_come_sorted_by_day_keeping_the_input_order_within_a_day() {
+        let (mut builder, rules) = builder_and_rules();
         let lines = [
             ("a", "2026-03-02T10:00:00Z"),
             ("b", "2026-03-01T10:00:00Z"),
@@ -263,13 +299,7 @@ mod tests {
             builder.push(&parse_message(&line, &rules).unwrap(), "web");
         }
         let EventBatch { batch, hashes } = builder.finish();
-        let ids: Vec<&str> = batch
-            .column_by_name("message_id")
-            .unwrap()
-            .as_string::<i32>()
-            .iter()
-            .flatten()
-            .collect();
+        let ids: Vec<&str> = texts(&batch, "message_id").into_iter().flatten().collect();
         assert_eq!(ids, ["b", "d", "a", "c"]);
         let expected: Vec<u128> = ids.iter().map(|id| key_hash(id)).collect();
         assert_eq!(hashes, expected);

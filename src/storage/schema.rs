@@ -90,6 +90,10 @@ pub fn events(config: &Config) -> TableSpec {
         Field::new("received_at", timestamp_type(), false),
         Field::new("sent_at", timestamp_type(), true),
         text("source", false),
+        // The message id again, only for events that carry neither a user nor an anonymous
+        // id: what `profile_events` routes them to their profile by. Mostly null, so a scan
+        // that needs it reads almost nothing, where `message_id` is a unique string per event.
+        text("route_id", true),
     ];
     for (name, ty) in typed_properties(config) {
         fields.push(Field::new(format!("{PROP_PREFIX}{name}"), ty.arrow(), true));
