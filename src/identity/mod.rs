@@ -218,39 +218,27 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             },
         ],
     )?;
-    ws.storage
-        .write(&ids_spec, vec![identities], WriteMode::Replace)
-        .await?;
-
+    // The output tables, each replaced whole; written side by side at the end.
+    let mut outputs = vec![(ids_spec, identities, WriteMode::Replace)];
     let (keys, routes) = keys_and_routes(&g, &all, &pid);
-    ws.storage
-        .write(
-            &tables::profile_keys(),
-            vec![tables::profile_keys_batch(&keys)?],
-            WriteMode::Replace,
-        )
-        .await?;
-    ws.storage
-        .write(
-            &tables::profile_routes(),
-            vec![tables::profile_routes_batch(&routes)?],
-            WriteMode::Replace,
-        )
-        .await?;
-
+    outputs.push((
+        tables::profile_keys(),
+        tables::profile_keys_batch(&keys)?,
+        WriteMode::Replace,
+    ));
+    outputs.push((
+        tables::profile_routes(),
+        tables::profile_routes_batch(&routes)?,
+        WriteMode::Replace,
+    ));
     let (profiles_spec, profiles_batch) =
         tables::profiles_batch(&profiles, &config.trait_identifiers)?;
-    ws.storage
-        .write(&profiles_spec, vec![profiles_batch], WriteMode::Replace)
-        .await?;
-
-    ws.storage
-        .write(
-            &tables::profile_consent(),
-            vec![tables::profile_consent_batch(&profiles)?],
-            WriteMode::Replace,
-        )
-        .await?;
+    outputs.push((profiles_spec, profiles_batch, WriteMode::Replace));
+    outputs.push((
+        tables::profile_consent(),
+        tables::profile_consent_batch(&profiles)?,
+        WriteMode::Replace,
+    ));
 
     let conflicts_spec = tables::conflicts();
     let mut seen = HashSet::new();
@@ -303,9 +291,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             tables::strings(reasons.iter().map(|s| Some(s.as_str()))),
         ],
     )?;
-    ws.storage
-        .write(&conflicts_spec, vec![conflicts], WriteMode::Replace)
-        .await?;
+    outputs.push((conflicts_spec, conflicts, WriteMode::Replace));
 
     let changes = &assignment.changes;
     if !changes.is_empty() {
@@ -321,11 +307,9 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
                 tables::strings(changes.iter().map(|_| Some(run_id.as_str()))),
             ],
         )?;
-        ws.storage
-            .write(&merges_spec, vec![rows], WriteMode::Append)
-            .await?;
+        outputs.push((merges_spec, rows, WriteMode::Append));
     }
-
+    write_concurrently(&ws.storage, outputs).await?;
     phases.mark("write");
     let skipped: Vec<SkipCount> = g
         .skipped
@@ -394,6 +378,26 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         .write(&runs_spec, vec![run_row], WriteMode::Append)
         .await?;
     Ok(report)
+}
+
+/// Writes each (table, rows, mode) in its own task, so that encoding the tables' Parquet files
+/// uses every core; each table still commits on its own, atomically.
+async fn write_concurrently(
+    storage: &crate::storage::Storage,
+    outputs: Vec<(TableSpec, arrow::array::RecordBatch, WriteMode<'static>)>,
+) -> Result<()> {
+    let tasks: Vec<_> = outputs
+        .into_iter()
+        .map(|(spec, batch, mode)| {
+            let storage = storage.clone();
+            tokio::spawn(async move { storage.write(&spec, vec![batch], mode).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .map_err(|e| Error::Other(format!("writing an identity table: {e}")))??;
+    }
+    Ok(())
 }
 
 /// In one pass over the sightings: the keys of each profile (every user id, anonymous id and
