@@ -420,7 +420,59 @@ impl Compiler<'_> {
             .filter(|c| seen.insert(c.to_string()))
             .map(sql::nested)
             .collect();
+        // The event names every condition requires, once more as one single-column condition:
+        // DataFusion prunes Parquet pages (maintain sorts each day by event) only by
+        // predicates on one column, and the OR of per-condition windows spans two.
+        let mut names = Vec::new();
+        if distinct.iter().all(|c| required_events(c, &mut names)) && !names.is_empty() {
+            let mut seen = BTreeSet::new();
+            names.retain(|n| seen.insert(n.to_string()));
+            parts.push(Expr::InList {
+                expr: Box::new(sql::col("event", d)),
+                list: names,
+                negated: false,
+            });
+        }
         parts.push(sql::nested(sql::or_all(distinct)));
         sql::and_all(parts)
+    }
+}
+
+/// Adds to `out` the event names that `e` admits when it only admits rows with `event = 'X'`
+/// (in a conjunct, or in every branch of an OR); false when it may admit any event, and then
+/// `out` is to be ignored.
+fn required_events(e: &Expr, out: &mut Vec<Expr>) -> bool {
+    use datafusion::sql::sqlparser::ast::BinaryOperator;
+    match e {
+        Expr::Nested(inner) => required_events(inner, out),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            let mut from_left = Vec::new();
+            if required_events(left, &mut from_left) {
+                out.extend(from_left);
+                true
+            } else {
+                required_events(right, out)
+            }
+        }
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Or,
+            right,
+        } => required_events(left, out) && required_events(right, out),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } if matches!(&**left, Expr::Identifier(i) if i.value == "event")
+            && matches!(&**right, Expr::Value(_)) =>
+        {
+            out.push((**right).clone());
+            true
+        }
+        _ => false,
     }
 }
