@@ -98,9 +98,9 @@ pub async fn maintain(ws: &Workspace, options: &MaintainOptions) -> Result<Vec<M
     Ok(reports)
 }
 
-/// Rewrites small files into files near the target size: for `events`, only the days with
-/// more than one small file (new data since the last run), sorted by event name; elsewhere by
-/// plain bin-packing. Returns the table and the files removed and added.
+/// Rewrites small files into files near the target size: for a table with a sort key
+/// (`events`), only the days with more than one small file (new data since the last run),
+/// sorted by the key; elsewhere by plain bin-packing. Returns the table and the files removed and added.
 async fn compact(table: DeltaTable, name: &str) -> Result<(DeltaTable, u64, u64)> {
     let target = NonZeroU64::new(TARGET_FILE_SIZE).expect("non-zero");
     let optimize = |table: DeltaTable| {
@@ -109,7 +109,7 @@ async fn compact(table: DeltaTable, name: &str) -> Result<(DeltaTable, u64, u64)
             .with_target_size(target)
             .with_writer_properties(writer_properties())
     };
-    let (table, metrics) = if name == schema::EVENTS {
+    let (table, metrics) = if let Some(key) = schema::sort_key(name) {
         let days = days_to_sort(&table, name)?;
         if days.is_empty() {
             return Ok((table, 0, 0));
@@ -120,7 +120,7 @@ async fn compact(table: DeltaTable, name: &str) -> Result<(DeltaTable, u64, u64)
             FilterValue::Set(days.iter().map(String::as_str).collect()),
         )];
         optimize(table)
-            .with_type(OptimizeType::ZOrder(vec!["event".into()]))
+            .with_type(OptimizeType::ZOrder(vec![key.into()]))
             .with_filters(&filter)
             .await
     } else {

@@ -423,8 +423,8 @@ impl Compiler<'_> {
         // The event names every condition requires, once more as one single-column condition:
         // DataFusion prunes Parquet pages (maintain sorts each day by event) only by
         // predicates on one column, and the OR of per-condition windows spans two.
-        let mut names = Vec::new();
-        if distinct.iter().all(|c| required_events(c, &mut names)) && !names.is_empty() {
+        let names: Option<Vec<Vec<Expr>>> = distinct.iter().map(required_events).collect();
+        if let Some(mut names) = names.map(|n| n.concat()).filter(|n| !n.is_empty()) {
             let mut seen = BTreeSet::new();
             names.retain(|n| seen.insert(n.to_string()));
             parts.push(Expr::InList {
@@ -438,31 +438,26 @@ impl Compiler<'_> {
     }
 }
 
-/// Adds to `out` the event names that `e` admits when it only admits rows with `event = 'X'`
-/// (in a conjunct, or in every branch of an OR); false when it may admit any event, and then
-/// `out` is to be ignored.
-fn required_events(e: &Expr, out: &mut Vec<Expr>) -> bool {
+/// The event names `e` admits when it admits only rows with `event = 'X'` (in a conjunct, or in
+/// every branch of an OR); None when it may admit any event.
+fn required_events(e: &Expr) -> Option<Vec<Expr>> {
     use datafusion::sql::sqlparser::ast::BinaryOperator;
     match e {
-        Expr::Nested(inner) => required_events(inner, out),
+        Expr::Nested(inner) => required_events(inner),
         Expr::BinaryOp {
             left,
             op: BinaryOperator::And,
             right,
-        } => {
-            let mut from_left = Vec::new();
-            if required_events(left, &mut from_left) {
-                out.extend(from_left);
-                true
-            } else {
-                required_events(right, out)
-            }
-        }
+        } => required_events(left).or_else(|| required_events(right)),
         Expr::BinaryOp {
             left,
             op: BinaryOperator::Or,
             right,
-        } => required_events(left, out) && required_events(right, out),
+        } => {
+            let mut names = required_events(left)?;
+            names.extend(required_events(right)?);
+            Some(names)
+        }
         Expr::BinaryOp {
             left,
             op: BinaryOperator::Eq,
@@ -470,9 +465,8 @@ fn required_events(e: &Expr, out: &mut Vec<Expr>) -> bool {
         } if matches!(&**left, Expr::Identifier(i) if i.value == "event")
             && matches!(&**right, Expr::Value(_)) =>
         {
-            out.push((**right).clone());
-            true
+            Some(vec![(**right).clone()])
         }
-        _ => false,
+        _ => None,
     }
 }
