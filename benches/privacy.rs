@@ -161,7 +161,7 @@ async fn build(dir: &Path, people: u64) -> Workspace {
             first_seen: first,
             last_seen: last,
             events: events as i64,
-            sources: ["web".to_string()].into(),
+            sources: "web".to_string(),
             consent: BTreeMap::new(),
             traits: BTreeMap::new(),
         });

@@ -5,7 +5,7 @@
 //! others are recorded as split off. New components get an id derived from their earliest
 //! identifier, so the same data gives the same ids.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use crate::identity::graph::Graph;
 
@@ -35,11 +35,12 @@ pub fn assign(g: &Graph, root: &[u32], old: &[Option<u32>], old_ids: &[String]) 
             &*node.value,
         )
     };
-    let mut earliest: HashMap<u32, u32> = HashMap::new();
+    // Indexed by root node; `NONE` for nodes that are no root.
+    const NONE: u32 = u32::MAX;
+    let mut earliest: Vec<u32> = vec![NONE; g.nodes.len()];
     for n in 0..g.nodes.len() as u32 {
-        let r = root[n as usize];
-        let e = earliest.entry(r).or_insert(n);
-        if key(n) < key(*e) {
+        let e = &mut earliest[root[n as usize] as usize];
+        if *e == NONE || key(n) < key(*e) {
             *e = n;
         }
     }
@@ -61,7 +62,7 @@ pub fn assign(g: &Graph, root: &[u32], old: &[Option<u32>], old_ids: &[String]) 
             .iter()
             .max_by(|(ra, ca), (rb, cb)| {
                 ca.cmp(cb)
-                    .then_with(|| key(earliest[rb]).cmp(&key(earliest[ra])))
+                    .then_with(|| key(earliest[**rb as usize]).cmp(&key(earliest[**ra as usize])))
             })
             .map(|(r, _)| *r)
             .expect("an earlier id has at least one node");
@@ -71,8 +72,10 @@ pub fn assign(g: &Graph, root: &[u32], old: &[Option<u32>], old_ids: &[String]) 
     let mut used: HashSet<String> = old_ids.iter().cloned().collect();
     let mut id_of_root: HashMap<u32, String> = HashMap::new();
     let mut changes = Vec::new();
-    let mut roots: Vec<u32> = earliest.keys().copied().collect();
-    roots.sort_unstable_by(|a, b| key(earliest[a]).cmp(&key(earliest[b])));
+    let mut roots: Vec<u32> = (0..g.nodes.len() as u32)
+        .filter(|&r| earliest[r as usize] != NONE)
+        .collect();
+    roots.sort_by_cached_key(|&r| key(earliest[r as usize]));
     for r in &roots {
         let id = match claimants.get_mut(r) {
             Some(list) => {
@@ -90,7 +93,7 @@ pub fn assign(g: &Graph, root: &[u32], old: &[Option<u32>], old_ids: &[String]) 
                 }
                 winner
             }
-            None => new_id(g, earliest[r], &mut used),
+            None => new_id(g, earliest[*r as usize], &mut used),
         };
         id_of_root.insert(*r, id);
     }

@@ -2,10 +2,12 @@
 //! normalised value), and the identifiers of one sighting are linked, each to the strongest of
 //! them. Skipped values are counted by type and reason and join nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 
 use serde_json::{Map, Value};
-use xxhash_rust::xxh3::Xxh3Builder;
 
 use crate::config::IdentitySection;
 use crate::identity::normalize::{Normalisers, Skip};
@@ -40,7 +42,8 @@ pub struct Graph {
     pub sources: Vec<String>,
     /// Skipped raw values by (type, reason).
     pub skipped: BTreeMap<(String, Skip), u64>,
-    index: HashMap<(u16, Box<str>), u32, Xxh3Builder>,
+    /// Per type, the node of each normalised value.
+    index: Vec<HashMap<Box<str>, u32>>,
     priority: Vec<String>,
 }
 
@@ -56,7 +59,7 @@ impl Graph {
             keys: Vec::new(),
             sources: Vec::new(),
             skipped: BTreeMap::new(),
-            index: HashMap::with_hasher(Xxh3Builder::new()),
+            index: Vec::new(),
             priority: config.priority.clone(),
         }
     }
@@ -73,13 +76,14 @@ impl Graph {
             .unwrap_or(self.priority.len());
         self.types.push(name.to_string());
         self.rank.push(rank as u16);
+        self.index.push(HashMap::new());
         (self.types.len() - 1) as u16
     }
 
     /// The node of a normalised identifier, if it is in the graph.
     pub fn find(&self, ty: &str, value: &str) -> Option<u32> {
-        let t = self.types.iter().position(|x| x == ty)? as u16;
-        self.index.get(&(t, Box::from(value))).copied()
+        let t = self.types.iter().position(|x| x == ty)?;
+        self.index[t].get(value).copied()
     }
 
     fn source_bit(&mut self, source: &str) -> u64 {
@@ -94,8 +98,7 @@ impl Graph {
     }
 
     fn node(&mut self, ty: u16, value: String, s: &Sighting, bit: u64) -> u32 {
-        let key = (ty, value.into_boxed_str());
-        if let Some(&id) = self.index.get(&key) {
+        if let Some(&id) = self.index[ty as usize].get(value.as_str()) {
             let n = &mut self.nodes[id as usize];
             n.first_seen = n.first_seen.min(s.first_seen);
             n.last_seen = n.last_seen.max(s.last_seen);
@@ -103,21 +106,27 @@ impl Graph {
             return id;
         }
         let id = self.nodes.len() as u32;
+        let value = value.into_boxed_str();
         self.nodes.push(Node {
             ty,
-            value: key.1.clone(),
+            value: value.clone(),
             first_seen: s.first_seen,
             last_seen: s.last_seen,
             sources: bit,
         });
-        self.index.insert(key, id);
+        self.index[ty as usize].insert(value, id);
         id
     }
 
     /// Names of the sources a node was seen in.
     pub fn source_names(&self, node: &Node) -> Vec<&str> {
+        self.source_names_of(node.sources)
+    }
+
+    /// Names of the sources of a source bit set.
+    pub fn source_names_of(&self, bits: u64) -> Vec<&str> {
         (0..self.sources.len())
-            .filter(|&i| node.sources & (1u64 << i.min(63)) != 0)
+            .filter(|&i| bits & (1u64 << i.min(63)) != 0)
             .map(|i| self.sources[i].as_str())
             .collect()
     }
@@ -131,32 +140,37 @@ pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Nor
     }
     let user_ty = g.type_index("user_id");
     let anon_ty = g.type_index("anonymous_id");
-    let mut raw: Vec<(String, String)> = Vec::new();
+    // Sized up front: at a million people these hold millions of entries.
+    g.owner.reserve_exact(sightings.len());
+    g.traits.reserve_exact(sightings.len());
+    g.keys.reserve_exact(sightings.len());
+    g.nodes.reserve(sightings.len());
+    g.links.reserve(sightings.len());
     let mut aliases = Vec::new();
     for (i, s) in sightings.iter().enumerate() {
         let bit = g.source_bit(&s.source);
-        raw.clear();
         let traits = s.traits.as_deref().and_then(object);
+        let mut raw = Vec::new();
         collect_raw(s, traits.as_ref(), config, &mut raw);
-        g.traits.push(traits);
         let mut ids: Vec<u32> = Vec::with_capacity(raw.len());
         let mut keys = (None, None);
-        for (ty, value) in raw.drain(..) {
-            match normalisers.normalise(&ty, &value) {
+        for (ty, value) in raw {
+            match normalisers.normalise(ty, &value) {
                 Ok(v) => {
-                    let t = g.type_index(&ty);
+                    let t = g.type_index(ty);
                     let id = g.node(t, v, s, bit);
-                    if t == user_ty && s.user_id.as_deref() == Some(value.as_str()) {
+                    if t == user_ty && s.user_id.as_deref() == Some(&*value) {
                         keys.0 = Some(id);
                     }
-                    if t == anon_ty && s.anonymous_id.as_deref() == Some(value.as_str()) {
+                    if t == anon_ty && s.anonymous_id.as_deref() == Some(&*value) {
                         keys.1 = Some(id);
                     }
                     ids.push(id);
                 }
-                Err(reason) => *g.skipped.entry((ty, reason)).or_default() += 1,
+                Err(reason) => *g.skipped.entry((ty.to_string(), reason)).or_default() += 1,
             }
         }
+        g.traits.push(traits);
         if s.previous_id.is_some() {
             aliases.push((i, ids.clone()));
         }
@@ -210,25 +224,29 @@ fn link_all(g: &mut Graph, ids: &mut Vec<u32>, at: i64) -> Option<u32> {
 }
 
 /// The raw (type, value) identifiers a sighting carries; `traits` is its parsed `traits`.
-fn collect_raw(
-    s: &Sighting,
-    traits: Option<&Map<String, Value>>,
-    config: &IdentitySection,
-    out: &mut Vec<(String, String)>,
+fn collect_raw<'a>(
+    s: &'a Sighting,
+    traits: Option<&'a Map<String, Value>>,
+    config: &'a IdentitySection,
+    out: &mut Vec<(&'a str, Cow<'a, str>)>,
 ) {
     if let Some(u) = &s.user_id {
-        out.push(("user_id".into(), u.clone()));
+        out.push(("user_id", Cow::Borrowed(u)));
     }
     if let Some(a) = &s.anonymous_id {
-        out.push(("anonymous_id".into(), a.clone()));
+        out.push(("anonymous_id", Cow::Borrowed(a)));
     }
-    out.extend(s.external_ids.iter().cloned());
+    out.extend(
+        s.external_ids
+            .iter()
+            .map(|(t, v)| (t.as_str(), Cow::Borrowed(v.as_str()))),
+    );
     let context = s.context_traits.as_deref().and_then(object);
     for traits in [traits, context.as_ref()].into_iter().flatten() {
         for key in &config.trait_identifiers {
             match traits.get(key) {
-                Some(Value::String(v)) => out.push((key.clone(), v.clone())),
-                Some(Value::Number(n)) => out.push((key.clone(), n.to_string())),
+                Some(Value::String(v)) => out.push((key, Cow::Owned(v.clone()))),
+                Some(Value::Number(n)) => out.push((key, Cow::Owned(n.to_string()))),
                 _ => {}
             }
         }

@@ -209,12 +209,13 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             tables::times(g.nodes.iter().map(|n| Some(n.first_seen)))?,
             tables::times(g.nodes.iter().map(|n| Some(n.last_seen)))?,
             {
-                let joined: Vec<String> = g
-                    .nodes
-                    .iter()
-                    .map(|n| g.source_names(n).join(","))
-                    .collect();
-                tables::strings(joined.iter().map(|s| Some(s.as_str())))
+                let mut joined: HashMap<u64, String> = HashMap::new();
+                for n in &g.nodes {
+                    joined
+                        .entry(n.sources)
+                        .or_insert_with(|| g.source_names(n).join(","));
+                }
+                tables::strings(g.nodes.iter().map(|n| Some(joined[&n.sources].as_str())))
             },
         ],
     )?;
@@ -411,8 +412,9 @@ fn keys_and_routes<'a>(
     sightings: &'a [Sighting],
     pid: &impl Fn(u32) -> &'a str,
 ) -> (Vec<tables::Key<'a>>, Vec<tables::Route<'a>>) {
-    let mut seen_keys: HashSet<(&str, &str)> = HashSet::new();
-    let mut seen_routes: HashSet<(Option<&str>, Option<&str>, Option<&str>)> = HashSet::new();
+    let mut seen_keys: foldhash::HashSet<(&str, &str)> = Default::default();
+    let mut seen_routes: foldhash::HashSet<(Option<&str>, Option<&str>, Option<&str>)> =
+        Default::default();
     let (mut keys, mut routes) = (Vec::new(), Vec::new());
     for (i, s) in sightings.iter().enumerate() {
         let (user, anon) = g.keys[i];
@@ -576,27 +578,44 @@ pub async fn query_table(
     Ok(out)
 }
 
-/// Each node's profile id from the previous run, as an index into the returned id list.
+/// Each node's profile id from the previous run, as an index into the returned id list. Reads
+/// the Arrow columns directly: at a million profiles there are millions of identities.
 async fn load_old_ids(ws: &Workspace, g: &graph::Graph) -> Result<(Vec<Option<u32>>, Vec<String>)> {
-    let rows = query_table(
-        ws,
-        &tables::identities(),
-        "select id_type, id_value, profile_id from t",
-    )
-    .await?;
     let mut old = vec![None; g.nodes.len()];
-    let mut index: HashMap<String, u32> = HashMap::new();
     let mut ids = Vec::new();
-    for r in rows {
-        let Some(n) = g.find(&r[0], &r[1]) else {
-            continue;
-        };
-        let next = ids.len() as u32;
-        let i = *index.entry(r[2].clone()).or_insert_with(|| {
-            ids.push(r[2].clone());
-            next
-        });
-        old[n as usize] = Some(i);
+    let Some(table) = ws.storage.open(&tables::identities()).await? else {
+        return Ok((old, ids));
+    };
+    let ctx = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
+    crate::sql::register(&ctx, "t", &table, None).await?;
+    let mut stream = ctx
+        .sql("select id_type, id_value, profile_id from t")
+        .await?
+        .execute_stream()
+        .await?;
+    let mut index: HashMap<String, u32> = HashMap::new();
+    while let Some(b) = stream.try_next().await? {
+        let cols: Vec<arrow::array::StringArray> = b
+            .columns()
+            .iter()
+            .map(sightings::strings)
+            .collect::<Result<_>>()?;
+        for row in 0..b.num_rows() {
+            let Some(n) = g.find(cols[0].value(row), cols[1].value(row)) else {
+                continue;
+            };
+            let profile = cols[2].value(row);
+            let i = match index.get(profile) {
+                Some(&i) => i,
+                None => {
+                    let i = ids.len() as u32;
+                    ids.push(profile.to_string());
+                    index.insert(profile.to_string(), i);
+                    i
+                }
+            };
+            old[n as usize] = Some(i);
+        }
     }
     Ok((old, ids))
 }

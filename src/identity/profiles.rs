@@ -2,9 +2,12 @@
 //! phone, first and last seen, sources), its traits merged field by field under the configured
 //! rule, and consent per channel (the latest statement wins).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use foldhash::{HashMap, HashMapExt};
+
+use serde_json::Value;
 
 use crate::config::{IdentitySection, MergeRule, SimpleRule};
 use crate::identity::graph::{Graph, object};
@@ -22,7 +25,8 @@ pub struct Profile {
     pub first_seen: i64,
     pub last_seen: i64,
     pub events: i64,
-    pub sources: BTreeSet<String>,
+    /// The sources its identifiers were seen in, sorted and comma-separated.
+    pub sources: String,
     pub consent: BTreeMap<String, Consent>,
     pub traits: BTreeMap<String, Value>,
 }
@@ -48,81 +52,16 @@ impl Consent {
     }
 }
 
-/// Everything known about one trait field of one profile, as the field's rule needs it.
-#[derive(Default)]
-struct Acc {
-    latest: Option<(i64, String, Value)>,
-    first: Option<(i64, String, Value)>,
-    counts: HashMap<String, (i64, i64, Value)>,
-    by_source: HashMap<String, (i64, String, Value)>,
-}
-
-impl Acc {
-    fn add(&mut self, rule: &MergeRule, value: Value, s: &Sighting) {
-        let text = value.to_string();
-        match rule {
-            MergeRule::Simple(SimpleRule::Latest) => {
-                let cand = (s.last_seen, text, value);
-                if self
-                    .latest
-                    .as_ref()
-                    .is_none_or(|l| (l.0, &l.1) < (cand.0, &cand.1))
-                {
-                    self.latest = Some(cand);
-                }
-            }
-            MergeRule::Simple(SimpleRule::First) => {
-                let cand = (s.first_seen, text, value);
-                if self
-                    .first
-                    .as_ref()
-                    .is_none_or(|f| (f.0, &f.1) > (cand.0, &cand.1))
-                {
-                    self.first = Some(cand);
-                }
-            }
-            MergeRule::Simple(SimpleRule::MostFrequent) => {
-                let e = self.counts.entry(text).or_insert((0, i64::MIN, value));
-                e.0 += s.count;
-                e.1 = e.1.max(s.last_seen);
-            }
-            MergeRule::Sources { .. } => {
-                let cand = (s.last_seen, text, value);
-                let e = self.by_source.entry(s.source.clone());
-                let slot = e.or_insert_with(|| (i64::MIN, String::new(), Value::Null));
-                if (slot.0, &slot.1) < (cand.0, &cand.1) {
-                    *slot = cand;
-                }
-            }
-        }
-    }
-
-    fn value(self, rule: &MergeRule) -> Option<Value> {
-        match rule {
-            MergeRule::Simple(SimpleRule::Latest) => self.latest.map(|l| l.2),
-            MergeRule::Simple(SimpleRule::First) => self.first.map(|f| f.2),
-            MergeRule::Simple(SimpleRule::MostFrequent) => self
-                .counts
-                .into_iter()
-                .max_by(|a, b| (a.1.0, a.1.1, &a.0).cmp(&(b.1.0, b.1.1, &b.0)))
-                .map(|(_, (_, _, v))| v),
-            MergeRule::Sources { sources } => {
-                let rank = |s: &str| sources.iter().position(|x| x == s).unwrap_or(sources.len());
-                self.by_source
-                    .into_iter()
-                    .min_by(|(sa, a), (sb, b)| {
-                        (rank(sa), std::cmp::Reverse((a.0, &a.1)))
-                            .cmp(&(rank(sb), std::cmp::Reverse((b.0, &b.1))))
-                    })
-                    .map(|(_, (_, _, v))| v)
-            }
-        }
-    }
-}
-
 const LATEST: MergeRule = MergeRule::Simple(SimpleRule::Latest);
 
-/// Builds the profiles of all components. `id_of` gives a node's profile id.
+/// One trait value a sighting states for a profile: (profile, field, sighting, value).
+type Stated<'a> = (u32, u32, u32, &'a Value);
+
+/// Builds the profiles of all components. `id_of_root` gives each component root's profile id.
+///
+/// Profiles are kept in a dense vector indexed through their root node, and trait values are
+/// gathered into one flat list sorted by (profile, field): at a million profiles, a map per
+/// profile and field cost more in allocation than the merge itself.
 pub fn build(
     g: &Graph,
     root: &[u32],
@@ -130,8 +69,15 @@ pub fn build(
     sightings: &[Sighting],
     config: &IdentitySection,
 ) -> Vec<Profile> {
-    let mut by_root: HashMap<u32, Profile> = HashMap::new();
-    let mut primary: HashMap<(u32, u16), (i64, &str)> = HashMap::new();
+    let mut index_of_root = vec![u32::MAX; g.nodes.len()];
+    let mut profiles: Vec<Profile> = Vec::new();
+    let mut source_bits: Vec<u64> = Vec::new();
+    // The summary identifiers: the most recently seen user id, e-mail and phone.
+    let summary: Vec<Option<u16>> = ["user_id", "email", "phone"]
+        .iter()
+        .map(|name| g.types.iter().position(|t| t == name).map(|i| i as u16))
+        .collect();
+    let mut primary: Vec<[Option<(i64, &str)>; 3]> = Vec::new();
     let anon = g
         .types
         .iter()
@@ -139,39 +85,54 @@ pub fn build(
         .map(|i| i as u16);
     for (n, node) in g.nodes.iter().enumerate() {
         let r = root[n];
-        let p = by_root.entry(r).or_insert_with(|| Profile {
-            id: id_of_root[&r].clone(),
-            is_known: false,
-            user_id: None,
-            email: None,
-            phone: None,
-            identifiers: 0,
-            first_seen: i64::MAX,
-            last_seen: i64::MIN,
-            events: 0,
-            sources: BTreeSet::new(),
-            consent: BTreeMap::new(),
-            traits: BTreeMap::new(),
-        });
+        if index_of_root[r as usize] == u32::MAX {
+            index_of_root[r as usize] = profiles.len() as u32;
+            profiles.push(Profile {
+                id: id_of_root[&r].clone(),
+                is_known: false,
+                user_id: None,
+                email: None,
+                phone: None,
+                identifiers: 0,
+                first_seen: i64::MAX,
+                last_seen: i64::MIN,
+                events: 0,
+                sources: String::new(),
+                consent: BTreeMap::new(),
+                traits: BTreeMap::new(),
+            });
+            source_bits.push(0);
+            primary.push([None; 3]);
+        }
+        let i = index_of_root[r as usize] as usize;
+        let p = &mut profiles[i];
         p.identifiers += 1;
         p.first_seen = p.first_seen.min(node.first_seen);
         p.last_seen = p.last_seen.max(node.last_seen);
         p.is_known |= Some(node.ty) != anon;
-        p.sources
-            .extend(g.source_names(node).into_iter().map(String::from));
-        let slot = primary.entry((r, node.ty)).or_insert((i64::MIN, ""));
-        if (slot.0, slot.1) < (node.last_seen, &*node.value) {
-            *slot = (node.last_seen, &node.value);
+        source_bits[i] |= node.sources;
+        for (k, ty) in summary.iter().enumerate() {
+            if *ty == Some(node.ty) {
+                let cand = (node.last_seen, &*node.value);
+                if primary[i][k].is_none_or(|best| best < cand) {
+                    primary[i][k] = Some(cand);
+                }
+            }
         }
     }
-    for ((r, ty), (_, value)) in primary {
-        let p = by_root.get_mut(&r).expect("profile exists");
-        match g.types[ty as usize].as_str() {
-            "user_id" => p.user_id = Some(value.to_string()),
-            "email" => p.email = Some(value.to_string()),
-            "phone" => p.phone = Some(value.to_string()),
-            _ => {}
-        }
+    let mut names_of_bits: HashMap<u64, String> = HashMap::new();
+    for (i, p) in profiles.iter_mut().enumerate() {
+        let [user, email, phone] = primary[i].map(|v| v.map(|(_, s)| s.to_string()));
+        (p.user_id, p.email, p.phone) = (user, email, phone);
+        let bits = source_bits[i];
+        p.sources = names_of_bits
+            .entry(bits)
+            .or_insert_with(|| {
+                let mut names = g.source_names_of(bits);
+                names.sort_unstable();
+                names.join(",")
+            })
+            .clone();
     }
 
     // Traits and consent, from the sightings each profile owns.
@@ -180,41 +141,27 @@ pub fn build(
         .iter()
         .map(|(channel, key)| (key.as_str(), channel.as_str()))
         .collect();
-    let mut traits: HashMap<u32, BTreeMap<String, Acc>> = HashMap::new();
-    let mut consent: HashMap<u32, BTreeMap<String, Consent>> = HashMap::new();
+    let mut fields: HashMap<&str, u32> = HashMap::new();
+    let mut field_names: Vec<&str> = Vec::new();
+    let mut stated: Vec<Stated> = Vec::new();
+    let mut consents: Vec<(u32, Cow<str>, u32, bool)> = Vec::new();
     // When a profile's events happened: the times records were loaded say less about a person.
-    let mut seen: HashMap<u32, (i64, i64)> = HashMap::new();
-    for (i, s) in sightings.iter().enumerate() {
-        let Some(owner) = g.owner[i] else { continue };
-        let r = root[owner as usize];
+    let mut seen: Vec<Option<(i64, i64)>> = vec![None; profiles.len()];
+    for (s_i, s) in sightings.iter().enumerate() {
+        let Some(owner) = g.owner[s_i] else { continue };
+        let p = index_of_root[root[owner as usize] as usize];
         if s.kind == Kind::Event {
-            by_root.get_mut(&r).expect("profile exists").events += s.count;
-            let span = seen.entry(r).or_insert((i64::MAX, i64::MIN));
+            profiles[p as usize].events += s.count;
+            let span = seen[p as usize].get_or_insert((i64::MAX, i64::MIN));
             *span = (span.0.min(s.first_seen), span.1.max(s.last_seen));
         }
-        let mut state = |channel: &str, v: &Value| {
-            if let Some(b) = consent_value(v) {
-                let stated = Consent {
-                    granted: b,
-                    at: s.last_seen,
-                    source: s.source.clone(),
-                };
-                let channels = consent.entry(r).or_default();
-                match channels.get_mut(channel) {
-                    Some(slot) if stated.overrides(slot) => *slot = stated,
-                    Some(_) => {}
-                    None => {
-                        channels.insert(channel.to_string(), stated);
-                    }
-                }
-            }
-        };
-        if let Some(c) = s.consent.as_deref().and_then(object) {
-            for (channel, v) in &c {
-                state(channel, v);
+        let consent = s.consent.as_deref().and_then(object);
+        for (channel, v) in consent.into_iter().flatten() {
+            if let Some(b) = consent_value(&v) {
+                consents.push((p, Cow::Owned(channel), s_i as u32, b));
             }
         }
-        let Some(t) = &g.traits[i] else {
+        let Some(t) = &g.traits[s_i] else {
             continue;
         };
         for (field, value) in t {
@@ -222,38 +169,125 @@ pub fn build(
                 continue;
             }
             if let Some(channel) = consent_key.get(field.as_str()) {
-                state(channel, value);
+                if let Some(b) = consent_value(value) {
+                    consents.push((p, Cow::Borrowed(*channel), s_i as u32, b));
+                }
                 continue;
             }
-            let rule = config.traits.get(field).unwrap_or(&LATEST);
-            traits
-                .entry(r)
-                .or_default()
-                .entry(field.clone())
-                .or_default()
-                .add(rule, value.clone(), s);
+            let next = field_names.len() as u32;
+            let f = *fields.entry(field.as_str()).or_insert_with(|| {
+                field_names.push(field.as_str());
+                next
+            });
+            stated.push((p, f, s_i as u32, value));
         }
     }
-    for (r, fields) in traits {
-        let p = by_root.get_mut(&r).expect("profile exists");
-        for (field, acc) in fields {
-            let rule = config.traits.get(&field).unwrap_or(&LATEST);
-            if let Some(v) = acc.value(rule) {
-                p.traits.insert(field, v);
+    stated.sort_unstable_by_key(|e| (e.0, e.1));
+    for group in stated.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        let field = field_names[group[0].1 as usize];
+        let rule = config.traits.get(field).unwrap_or(&LATEST);
+        if let Some(v) = merge(rule, group, sightings) {
+            profiles[group[0].0 as usize]
+                .traits
+                .insert(field.to_string(), v.clone());
+        }
+    }
+    for (p, span) in seen.into_iter().enumerate() {
+        if let Some((first, last)) = span {
+            (profiles[p].first_seen, profiles[p].last_seen) = (first, last);
+        }
+    }
+    // Consent per channel: the statement that overrides all others.
+    for (p, channel, s_i, granted) in consents {
+        let s = &sightings[s_i as usize];
+        let stated = Consent {
+            granted,
+            at: s.last_seen,
+            source: s.source.clone(),
+        };
+        let channels = &mut profiles[p as usize].consent;
+        match channels.get_mut(channel.as_ref()) {
+            Some(slot) if stated.overrides(slot) => *slot = stated,
+            Some(_) => {}
+            None => {
+                channels.insert(channel.into_owned(), stated);
             }
         }
     }
-    for (r, (first, last)) in seen {
-        let p = by_root.get_mut(&r).expect("profile exists");
-        (p.first_seen, p.last_seen) = (first, last);
-    }
-    for (r, channels) in consent {
-        let p = by_root.get_mut(&r).expect("profile exists");
-        p.consent = channels;
-    }
-    let mut profiles: Vec<Profile> = by_root.into_values().collect();
-    profiles.sort_by(|a, b| a.id.cmp(&b.id));
+    profiles.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     profiles
+}
+
+/// The value `rule` picks from the statements of one profile's field. Ties in time are broken
+/// by the value's JSON text, so that the outcome never depends on reading order; the text is
+/// only made when times tie.
+fn merge<'a>(rule: &MergeRule, group: &[Stated<'a>], sightings: &[Sighting]) -> Option<&'a Value> {
+    let at = |e: &Stated, first: bool| {
+        let s = &sightings[e.2 as usize];
+        if first { s.first_seen } else { s.last_seen }
+    };
+    // The statement that is greatest by (time, text), or least when `first`.
+    let pick = |items: &mut dyn Iterator<Item = usize>, first: bool| -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for i in items {
+            best = Some(match best {
+                None => i,
+                Some(b) => {
+                    let (e, o) = (&group[i], &group[b]);
+                    let order = at(e, first)
+                        .cmp(&at(o, first))
+                        .then_with(|| e.3.to_string().cmp(&o.3.to_string()));
+                    let better = if first { order.is_lt() } else { order.is_gt() };
+                    if better { i } else { b }
+                }
+            });
+        }
+        best
+    };
+    match rule {
+        MergeRule::Simple(SimpleRule::Latest) => {
+            pick(&mut (0..group.len()), false).map(|i| group[i].3)
+        }
+        MergeRule::Simple(SimpleRule::First) => {
+            pick(&mut (0..group.len()), true).map(|i| group[i].3)
+        }
+        MergeRule::Simple(SimpleRule::MostFrequent) => {
+            let mut counts: HashMap<String, (i64, i64, &Value)> = HashMap::new();
+            for e in group {
+                let s = &sightings[e.2 as usize];
+                let c = counts.entry(e.3.to_string()).or_insert((0, i64::MIN, e.3));
+                c.0 += s.count;
+                c.1 = c.1.max(s.last_seen);
+            }
+            counts
+                .into_iter()
+                .max_by(|a, b| (a.1.0, a.1.1, &a.0).cmp(&(b.1.0, b.1.1, &b.0)))
+                .map(|(_, (_, _, v))| v)
+        }
+        MergeRule::Sources { sources } => {
+            // The latest value of each source, then the source that ranks first.
+            let source = |i: usize| sightings[group[i].2 as usize].source.as_str();
+            let rank = |i: usize| {
+                sources
+                    .iter()
+                    .position(|x| x == source(i))
+                    .unwrap_or(sources.len())
+            };
+            let mut order: Vec<usize> = (0..group.len()).collect();
+            order.sort_by_key(|&i| source(i));
+            order
+                .chunk_by(|&a, &b| source(a) == source(b))
+                .filter_map(|same| pick(&mut same.iter().copied(), false))
+                .min_by(|&a, &b| {
+                    rank(a).cmp(&rank(b)).then_with(|| {
+                        at(&group[b], false)
+                            .cmp(&at(&group[a], false))
+                            .then_with(|| group[b].3.to_string().cmp(&group[a].3.to_string()))
+                    })
+                })
+                .map(|i| group[i].3)
+        }
+    }
 }
 
 /// Reads a consent statement: booleans, and the usual spellings of yes and no.
@@ -274,8 +308,7 @@ pub fn consent_value(v: &Value) -> Option<bool> {
 
 /// The merged traits as a JSON object (for the `traits` column).
 pub fn traits_json(p: &Profile) -> String {
-    let map: Map<String, Value> = p.traits.clone().into_iter().collect();
-    Value::Object(map).to_string()
+    serde_json::to_string(&p.traits).expect("JSON values serialise")
 }
 
 #[cfg(test)]

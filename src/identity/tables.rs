@@ -3,6 +3,7 @@
 //! `profile_routes` (how the `profile_events` view finds an event's profile),
 //! `identity_conflicts`, `profile_merges` and `resolve_runs`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -292,13 +293,10 @@ pub fn profiles_batch(
             times(profiles.iter().map(|p| Some(p.last_seen)))?,
         ),
         (long("events"), longs(profiles.iter().map(|p| p.events))),
-        (text("sources", false), {
-            let joined: Vec<String> = profiles
-                .iter()
-                .map(|p| p.sources.iter().cloned().collect::<Vec<_>>().join(","))
-                .collect();
-            strings(joined.iter().map(|s| Some(s.as_str())))
-        }),
+        (
+            text("sources", false),
+            strings(profiles.iter().map(|p| Some(p.sources.as_str()))),
+        ),
         (text("traits", false), {
             let json: Vec<String> = profiles.iter().map(traits_json).collect();
             strings(json.iter().map(|s| Some(s.as_str())))
@@ -317,10 +315,19 @@ pub fn profiles_batch(
     }
     // Nested traits (`address: {city: …}`) also get a column per leaf, `address.city`, so that
     // segments and SQL reach them without JSON functions.
-    let flat: Vec<BTreeMap<String, Value>> = profiles.iter().map(|p| flatten(&p.traits)).collect();
+    let flat: Vec<Cow<BTreeMap<String, Value>>> = profiles
+        .iter()
+        .map(|p| {
+            if p.traits.values().any(Value::is_object) {
+                Cow::Owned(flatten(&p.traits))
+            } else {
+                Cow::Borrowed(&p.traits)
+            }
+        })
+        .collect();
     let mut kinds: BTreeMap<&String, Ty> = BTreeMap::new();
     for traits in &flat {
-        for (field, v) in traits {
+        for (field, v) in traits.iter() {
             let t = kinds.entry(field).or_insert(Ty::of(v));
             *t = t.join(Ty::of(v));
         }
