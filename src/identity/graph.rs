@@ -146,31 +146,36 @@ pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Nor
     g.keys.reserve_exact(sightings.len());
     g.nodes.reserve(sightings.len());
     g.links.reserve(sightings.len());
+    // Parsing traits and normalising values is most of the work and needs no graph: done on
+    // every core first, then the nodes are numbered in sighting order.
+    let reads: Vec<Read> = {
+        use rayon::prelude::*;
+        sightings
+            .par_iter()
+            .map(|s| read(s, config, normalisers))
+            .collect()
+    };
     let mut aliases = Vec::new();
-    for (i, s) in sightings.iter().enumerate() {
+    for (i, (s, r)) in sightings.iter().zip(reads).enumerate() {
         let bit = g.source_bit(&s.source);
-        let traits = s.traits.as_deref().and_then(object);
-        let mut raw = Vec::new();
-        collect_raw(s, traits.as_ref(), config, &mut raw);
-        let mut ids: Vec<u32> = Vec::with_capacity(raw.len());
+        let mut ids: Vec<u32> = Vec::with_capacity(r.ids.len());
         let mut keys = (None, None);
-        for (ty, value) in raw {
-            match normalisers.normalise(ty, &value) {
+        for (ty, value, key) in r.ids {
+            match value {
                 Ok(v) => {
                     let t = g.type_index(ty);
                     let id = g.node(t, v, s, bit);
-                    if t == user_ty && s.user_id.as_deref() == Some(&*value) {
-                        keys.0 = Some(id);
-                    }
-                    if t == anon_ty && s.anonymous_id.as_deref() == Some(&*value) {
-                        keys.1 = Some(id);
+                    match key {
+                        Key::User if t == user_ty => keys.0 = Some(id),
+                        Key::Anonymous if t == anon_ty => keys.1 = Some(id),
+                        _ => {}
                     }
                     ids.push(id);
                 }
                 Err(reason) => *g.skipped.entry((ty.to_string(), reason)).or_default() += 1,
             }
         }
-        g.traits.push(traits);
+        g.traits.push(r.traits);
         if s.previous_id.is_some() {
             aliases.push((i, ids.clone()));
         }
@@ -223,10 +228,46 @@ fn link_all(g: &mut Graph, ids: &mut Vec<u32>, at: i64) -> Option<u32> {
     Some(head)
 }
 
+/// What one sighting says: its parsed traits and its identifiers as (type, normalised value
+/// or why it was skipped, whether it is the sighting's own user or anonymous id).
+struct Read<'a> {
+    traits: Option<Map<String, Value>>,
+    ids: Vec<(&'a str, Result<String, Skip>, Key)>,
+}
+
+/// Whether an identifier is the `userId` or `anonymousId` of its sighting (the keys its events
+/// are found by), or another one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Key {
+    User,
+    Anonymous,
+    Other,
+}
+
+fn read<'a>(s: &'a Sighting, config: &'a IdentitySection, normalisers: &Normalisers) -> Read<'a> {
+    let traits = s.traits.as_deref().and_then(object);
+    let mut raw = Vec::new();
+    collect_raw(s, traits.as_ref(), config, &mut raw);
+    let ids = raw
+        .into_iter()
+        .map(|(ty, value)| {
+            let key = if ty == "user_id" && s.user_id.as_deref() == Some(&*value) {
+                Key::User
+            } else if ty == "anonymous_id" && s.anonymous_id.as_deref() == Some(&*value) {
+                Key::Anonymous
+            } else {
+                Key::Other
+            };
+            (ty, normalisers.normalise(ty, &value), key)
+        })
+        .collect();
+    Read { traits, ids }
+}
+
 /// The raw (type, value) identifiers a sighting carries; `traits` is its parsed `traits`.
 fn collect_raw<'a>(
     s: &'a Sighting,
-    traits: Option<&'a Map<String, Value>>,
+    traits: Option<&Map<String, Value>>,
     config: &'a IdentitySection,
     out: &mut Vec<(&'a str, Cow<'a, str>)>,
 ) {

@@ -179,9 +179,61 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     let (old, old_ids) = load_old_ids(ws, &g).await?;
     let assignment = assign::assign(&g, &comps.root, &old, &old_ids);
     phases.mark("ids");
-    let profiles = profiles::build(&g, &comps.root, &assignment.id_of_root, &all, config);
-    phases.mark("profiles");
     let pid = |n: u32| assignment.id_of_root[&comps.root[n as usize]].as_str();
+    // The profiles, and the identities, keys and routes, need only the components and their
+    // ids: built on two threads.
+    let (profiles, key_tables) = std::thread::scope(|scope| {
+        let key_tables = scope.spawn(|| -> Result<_> {
+            let ids_spec = tables::identities();
+            let identities = tables::rows(
+                &ids_spec,
+                vec![
+                    tables::strings(
+                        g.nodes
+                            .iter()
+                            .map(|n| Some(g.types[n.ty as usize].as_str())),
+                    ),
+                    tables::strings(g.nodes.iter().map(|n| Some(&*n.value))),
+                    tables::strings((0..g.nodes.len() as u32).map(|n| Some(pid(n)))),
+                    tables::times(g.nodes.iter().map(|n| Some(n.first_seen)))?,
+                    tables::times(g.nodes.iter().map(|n| Some(n.last_seen)))?,
+                    {
+                        let mut joined: HashMap<u64, String> = HashMap::new();
+                        for n in &g.nodes {
+                            joined
+                                .entry(n.sources)
+                                .or_insert_with(|| g.source_names(n).join(","));
+                        }
+                        tables::strings(g.nodes.iter().map(|n| Some(joined[&n.sources].as_str())))
+                    },
+                ],
+            )?;
+            let (keys, routes) = keys_and_routes(&g, &all, &pid);
+            Ok(vec![
+                (ids_spec, identities, WriteMode::Replace),
+                (
+                    tables::profile_keys(),
+                    tables::profile_keys_batch(&keys)?,
+                    WriteMode::Replace,
+                ),
+                (
+                    tables::profile_routes(),
+                    tables::profile_routes_batch(&routes)?,
+                    WriteMode::Replace,
+                ),
+            ])
+        });
+        let profiles = profiles::build(&g, &comps.root, &assignment.id_of_root, &all, config);
+        let profile_tables = profile_tables(&profiles, config);
+        let key_tables = key_tables
+            .join()
+            .expect("building the identity tables panicked");
+        (
+            profiles,
+            key_tables.and_then(|k| Ok([k, profile_tables?].concat())),
+        )
+    });
+    phases.mark("profiles");
 
     // Write: the sightings first, the outputs next, the run record last. A run that dies
     // before its record leaves sightings the next run sees as unfinished, and redoes fully.
@@ -194,52 +246,8 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     ws.storage
         .write(&links_spec, vec![links_rows], links_mode)
         .await?;
-
-    let ids_spec = tables::identities();
-    let identities = tables::rows(
-        &ids_spec,
-        vec![
-            tables::strings(
-                g.nodes
-                    .iter()
-                    .map(|n| Some(g.types[n.ty as usize].as_str())),
-            ),
-            tables::strings(g.nodes.iter().map(|n| Some(&*n.value))),
-            tables::strings((0..g.nodes.len() as u32).map(|n| Some(pid(n)))),
-            tables::times(g.nodes.iter().map(|n| Some(n.first_seen)))?,
-            tables::times(g.nodes.iter().map(|n| Some(n.last_seen)))?,
-            {
-                let mut joined: HashMap<u64, String> = HashMap::new();
-                for n in &g.nodes {
-                    joined
-                        .entry(n.sources)
-                        .or_insert_with(|| g.source_names(n).join(","));
-                }
-                tables::strings(g.nodes.iter().map(|n| Some(joined[&n.sources].as_str())))
-            },
-        ],
-    )?;
     // The output tables, each replaced whole; written side by side at the end.
-    let mut outputs = vec![(ids_spec, identities, WriteMode::Replace)];
-    let (keys, routes) = keys_and_routes(&g, &all, &pid);
-    outputs.push((
-        tables::profile_keys(),
-        tables::profile_keys_batch(&keys)?,
-        WriteMode::Replace,
-    ));
-    outputs.push((
-        tables::profile_routes(),
-        tables::profile_routes_batch(&routes)?,
-        WriteMode::Replace,
-    ));
-    let (profiles_spec, profiles_batch) =
-        tables::profiles_batch(&profiles, &config.trait_identifiers)?;
-    outputs.push((profiles_spec, profiles_batch, WriteMode::Replace));
-    outputs.push((
-        tables::profile_consent(),
-        tables::profile_consent_batch(&profiles)?,
-        WriteMode::Replace,
-    ));
+    let mut outputs = key_tables?;
 
     let conflicts_spec = tables::conflicts();
     let mut seen = HashSet::new();
@@ -379,6 +387,22 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         .write(&runs_spec, vec![run_row], WriteMode::Append)
         .await?;
     Ok(report)
+}
+
+/// The rows of `profiles` and `profile_consent`.
+fn profile_tables(
+    profiles: &[profiles::Profile],
+    config: &crate::config::IdentitySection,
+) -> Result<Vec<(TableSpec, arrow::array::RecordBatch, WriteMode<'static>)>> {
+    let (spec, batch) = tables::profiles_batch(profiles, &config.trait_identifiers)?;
+    Ok(vec![
+        (spec, batch, WriteMode::Replace),
+        (
+            tables::profile_consent(),
+            tables::profile_consent_batch(profiles)?,
+            WriteMode::Replace,
+        ),
+    ])
 }
 
 /// Writes each (table, rows, mode) in its own task, so that encoding the tables' Parquet files
