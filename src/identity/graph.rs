@@ -118,17 +118,21 @@ impl Graph {
         id
     }
 
-    /// Names of the sources a node was seen in.
-    pub fn source_names(&self, node: &Node) -> Vec<&str> {
-        self.source_names_of(node.sources)
-    }
-
-    /// Names of the sources of a source bit set.
-    pub fn source_names_of(&self, bits: u64) -> Vec<&str> {
-        (0..self.sources.len())
-            .filter(|&i| bits & (1u64 << i.min(63)) != 0)
-            .map(|i| self.sources[i].as_str())
-            .collect()
+    /// Each distinct source set of `sets` as its sorted, comma-separated source names. There
+    /// are few distinct sets, and millions of nodes and profiles that carry one.
+    pub fn source_texts(&self, sets: impl IntoIterator<Item = u64>) -> HashMap<u64, String> {
+        let mut texts = HashMap::new();
+        for bits in sets {
+            texts.entry(bits).or_insert_with(|| {
+                let mut names: Vec<&str> = (0..self.sources.len())
+                    .filter(|&i| bits & (1u64 << i.min(63)) != 0)
+                    .map(|i| self.sources[i].as_str())
+                    .collect();
+                names.sort_unstable();
+                names.join(",")
+            });
+        }
+        texts
     }
 }
 
@@ -138,8 +142,9 @@ pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Nor
     for ty in &config.priority {
         g.type_index(ty);
     }
-    let user_ty = g.type_index("user_id");
-    let anon_ty = g.type_index("anonymous_id");
+    // The event keys are types whether or not the data has any.
+    g.type_index("user_id");
+    g.type_index("anonymous_id");
     // Sized up front: at a million people these hold millions of entries.
     g.owner.reserve_exact(sightings.len());
     g.traits.reserve_exact(sightings.len());
@@ -166,9 +171,9 @@ pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Nor
                     let t = g.type_index(ty);
                     let id = g.node(t, v, s, bit);
                     match key {
-                        Key::User if t == user_ty => keys.0 = Some(id),
-                        Key::Anonymous if t == anon_ty => keys.1 = Some(id),
-                        _ => {}
+                        Key::User => keys.0 = Some(id),
+                        Key::Anonymous => keys.1 = Some(id),
+                        Key::Other => {}
                     }
                     ids.push(id);
                 }

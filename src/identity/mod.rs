@@ -198,13 +198,8 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
                     tables::times(g.nodes.iter().map(|n| Some(n.first_seen)))?,
                     tables::times(g.nodes.iter().map(|n| Some(n.last_seen)))?,
                     {
-                        let mut joined: HashMap<u64, String> = HashMap::new();
-                        for n in &g.nodes {
-                            joined
-                                .entry(n.sources)
-                                .or_insert_with(|| g.source_names(n).join(","));
-                        }
-                        tables::strings(g.nodes.iter().map(|n| Some(joined[&n.sources].as_str())))
+                        let texts = g.source_texts(g.nodes.iter().map(|n| n.sources));
+                        tables::strings(g.nodes.iter().map(|n| Some(texts[&n.sources].as_str())))
                     },
                 ],
             )?;
@@ -589,12 +584,9 @@ pub async fn query_table(
     spec: &TableSpec,
     query: &str,
 ) -> Result<Vec<Vec<String>>> {
-    let Some(table) = ws.storage.open(spec).await? else {
+    let Some(mut stream) = stream_table(ws, spec, query).await? else {
         return Ok(Vec::new());
     };
-    let ctx = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
-    crate::sql::register(&ctx, "t", &table, None).await?;
-    let mut stream = ctx.sql(query).await?.execute_stream().await?;
     let mut out = Vec::new();
     while let Some(b) = stream.try_next().await? {
         out.extend(sightings::text_rows(&b)?);
@@ -602,21 +594,30 @@ pub async fn query_table(
     Ok(out)
 }
 
+/// The result of `query` over the table of `spec` (named `t`); None when the table does not
+/// exist.
+async fn stream_table(
+    ws: &Workspace,
+    spec: &TableSpec,
+    query: &str,
+) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>> {
+    let Some(table) = ws.storage.open(spec).await? else {
+        return Ok(None);
+    };
+    let ctx = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
+    crate::sql::register(&ctx, "t", &table, None).await?;
+    Ok(Some(ctx.sql(query).await?.execute_stream().await?))
+}
+
 /// Each node's profile id from the previous run, as an index into the returned id list. Reads
 /// the Arrow columns directly: at a million profiles there are millions of identities.
 async fn load_old_ids(ws: &Workspace, g: &graph::Graph) -> Result<(Vec<Option<u32>>, Vec<String>)> {
     let mut old = vec![None; g.nodes.len()];
     let mut ids = Vec::new();
-    let Some(table) = ws.storage.open(&tables::identities()).await? else {
+    let query = "select id_type, id_value, profile_id from t";
+    let Some(mut stream) = stream_table(ws, &tables::identities(), query).await? else {
         return Ok((old, ids));
     };
-    let ctx = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
-    crate::sql::register(&ctx, "t", &table, None).await?;
-    let mut stream = ctx
-        .sql("select id_type, id_value, profile_id from t")
-        .await?
-        .execute_stream()
-        .await?;
     let mut index: HashMap<String, u32> = HashMap::new();
     while let Some(b) = stream.try_next().await? {
         let cols: Vec<arrow::array::StringArray> = b

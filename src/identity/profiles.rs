@@ -120,19 +120,11 @@ pub fn build(
             }
         }
     }
-    let mut names_of_bits: HashMap<u64, String> = HashMap::new();
+    let source_texts = g.source_texts(source_bits.iter().copied());
     for (i, p) in profiles.iter_mut().enumerate() {
         let [user, email, phone] = primary[i].map(|v| v.map(|(_, s)| s.to_string()));
         (p.user_id, p.email, p.phone) = (user, email, phone);
-        let bits = source_bits[i];
-        p.sources = names_of_bits
-            .entry(bits)
-            .or_insert_with(|| {
-                let mut names = g.source_names_of(bits);
-                names.sort_unstable();
-                names.join(",")
-            })
-            .clone();
+        p.sources = source_texts[&source_bits[i]].clone();
     }
 
     // Traits and consent, from the sightings each profile owns.
@@ -222,39 +214,25 @@ pub fn build(
 /// by the value's JSON text, so that the outcome never depends on reading order; the text is
 /// only made when times tie.
 fn merge<'a>(rule: &MergeRule, group: &[Stated<'a>], sightings: &[Sighting]) -> Option<&'a Value> {
-    let at = |e: &Stated, first: bool| {
-        let s = &sightings[e.2 as usize];
-        if first { s.first_seen } else { s.last_seen }
-    };
-    // The statement that is greatest by (time, text), or least when `first`.
-    let pick = |items: &mut dyn Iterator<Item = usize>, first: bool| -> Option<usize> {
-        let mut best: Option<usize> = None;
-        for i in items {
-            best = Some(match best {
-                None => i,
-                Some(b) => {
-                    let (e, o) = (&group[i], &group[b]);
-                    let order = at(e, first)
-                        .cmp(&at(o, first))
-                        .then_with(|| e.3.to_string().cmp(&o.3.to_string()));
-                    let better = if first { order.is_lt() } else { order.is_gt() };
-                    if better { i } else { b }
-                }
-            });
+    let sighting = |e: &Stated| &sightings[e.2 as usize];
+    // Statements by (time, text); equal ones hold the same value, so which one wins is moot.
+    let by = |time: fn(&Sighting) -> i64| {
+        move |a: &&Stated<'a>, b: &&Stated<'a>| {
+            time(sighting(a))
+                .cmp(&time(sighting(b)))
+                .then_with(|| a.3.to_string().cmp(&b.3.to_string()))
         }
-        best
     };
+    let latest = by(|s| s.last_seen);
     match rule {
-        MergeRule::Simple(SimpleRule::Latest) => {
-            pick(&mut (0..group.len()), false).map(|i| group[i].3)
-        }
+        MergeRule::Simple(SimpleRule::Latest) => group.iter().max_by(latest).map(|e| e.3),
         MergeRule::Simple(SimpleRule::First) => {
-            pick(&mut (0..group.len()), true).map(|i| group[i].3)
+            group.iter().min_by(by(|s| s.first_seen)).map(|e| e.3)
         }
         MergeRule::Simple(SimpleRule::MostFrequent) => {
             let mut counts: HashMap<String, (i64, i64, &Value)> = HashMap::new();
             for e in group {
-                let s = &sightings[e.2 as usize];
+                let s = sighting(e);
                 let c = counts.entry(e.3.to_string()).or_insert((0, i64::MIN, e.3));
                 c.0 += s.count;
                 c.1 = c.1.max(s.last_seen);
@@ -265,27 +243,18 @@ fn merge<'a>(rule: &MergeRule, group: &[Stated<'a>], sightings: &[Sighting]) -> 
                 .map(|(_, (_, _, v))| v)
         }
         MergeRule::Sources { sources } => {
-            // The latest value of each source, then the source that ranks first.
-            let source = |i: usize| sightings[group[i].2 as usize].source.as_str();
-            let rank = |i: usize| {
+            // The latest value of the first-ranked source that has one.
+            let rank = |e: &Stated| {
+                let name = &sighting(e).source;
                 sources
                     .iter()
-                    .position(|x| x == source(i))
+                    .position(|x| x == name)
                     .unwrap_or(sources.len())
             };
-            let mut order: Vec<usize> = (0..group.len()).collect();
-            order.sort_by_key(|&i| source(i));
-            order
-                .chunk_by(|&a, &b| source(a) == source(b))
-                .filter_map(|same| pick(&mut same.iter().copied(), false))
-                .min_by(|&a, &b| {
-                    rank(a).cmp(&rank(b)).then_with(|| {
-                        at(&group[b], false)
-                            .cmp(&at(&group[a], false))
-                            .then_with(|| group[b].3.to_string().cmp(&group[a].3.to_string()))
-                    })
-                })
-                .map(|i| group[i].3)
+            group
+                .iter()
+                .max_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| latest(a, b)))
+                .map(|e| e.3)
         }
     }
 }
