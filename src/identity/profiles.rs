@@ -284,6 +284,65 @@ pub fn traits_json(p: &Profile) -> String {
 mod tests {
     use super::*;
 
+    fn sighting(source: &str, first: i64, last: i64, count: i64) -> Sighting {
+        Sighting {
+            kind: Kind::Event,
+            source: source.into(),
+            user_id: None,
+            anonymous_id: None,
+            previous_id: None,
+            message_id: None,
+            external_ids: Vec::new(),
+            traits: None,
+            context_traits: None,
+            consent: None,
+            first_seen: first,
+            last_seen: last,
+            count,
+        }
+    }
+
+    #[test]
+    fn merge_rules_pick_by_time_then_text_whatever_the_order() {
+        let s = [
+            sighting("web", 1, 5, 1),
+            sighting("crm", 2, 5, 1),
+            sighting("web", 1, 3, 3),
+            sighting("pos", 0, 9, 1),
+        ];
+        let (a, b, c, d) = (
+            Value::from("a"),
+            Value::from("b"),
+            Value::from("c"),
+            Value::from("d"),
+        );
+        let group: Vec<Stated> = vec![(0, 0, 0, &b), (0, 0, 1, &a), (0, 0, 2, &c), (0, 0, 3, &d)];
+        let mut reversed = group.clone();
+        reversed.reverse();
+        let rule = |r: SimpleRule| MergeRule::Simple(r);
+        let sources = MergeRule::Sources {
+            sources: vec!["crm".into(), "web".into()],
+        };
+        for g in [&group, &reversed] {
+            assert_eq!(merge(&rule(SimpleRule::Latest), g, &s), Some(&d));
+            assert_eq!(merge(&rule(SimpleRule::First), g, &s), Some(&d));
+            assert_eq!(merge(&rule(SimpleRule::MostFrequent), g, &s), Some(&c));
+            assert_eq!(merge(&sources, g, &s), Some(&a));
+        }
+        // Without the POS value, sightings 0 and 2 tie on the earliest time; "b" < "c".
+        let first = rule(SimpleRule::First);
+        assert_eq!(merge(&first, &group[..3], &s), Some(&b));
+        assert_eq!(merge(&first, &[group[2], group[1], group[0]], &s), Some(&b));
+        // Latest among 0 and 1 ties at time 5: the larger text wins, in either order.
+        assert_eq!(merge(&rule(SimpleRule::Latest), &group[..2], &s), Some(&b));
+        assert_eq!(
+            merge(&rule(SimpleRule::Latest), &[group[1], group[0]], &s),
+            Some(&b)
+        );
+        // No ranked source: the latest of the unranked ones.
+        assert_eq!(merge(&sources, &[group[3]], &s), Some(&d));
+    }
+
     #[test]
     fn the_latest_consent_wins_and_a_denial_wins_a_tie() {
         let c = |granted, at, source: &str| Consent {
