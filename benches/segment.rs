@@ -28,7 +28,7 @@ fn main() {
         .build()
         .unwrap();
     let as_of = parse_as_of(Some(tribe::demo::AS_OF)).unwrap();
-    let (tribe_times, duck_sql, events, dir) = runtime.block_on(async {
+    let (tribe_times, (duck_sql, by_key), events, dir) = runtime.block_on(async {
         let dir = common::demo_workspace("segment", people).await;
         // The repository's examples, as they are now (a kept workspace has older copies).
         for (name, text) in tribe::demo::EXAMPLE_SEGMENTS {
@@ -41,6 +41,9 @@ fn main() {
         }
         let segments = Segments::open(&ws).await.unwrap();
         let events = count(&segments, "select count(*) from events").await;
+        let by_key = tribe::sql::joins_on_route_keys(&segments.ctx)
+            .await
+            .unwrap();
         let mut times = BTreeMap::new();
         let mut duck = BTreeMap::new();
         for info in segments.list() {
@@ -56,13 +59,13 @@ fn main() {
                 .unwrap();
             duck.insert(info.name.clone(), d.members().to_string());
         }
-        (times, duck, events, dir)
+        (times, (duck, by_key), events, dir)
     });
     // TRIBE_BENCH_DUCKDB=0 times tribe alone (DuckDB's side needs its own memory and disk).
     let duck_times = if std::env::var("TRIBE_BENCH_DUCKDB").is_ok_and(|v| v == "0") {
         BTreeMap::new()
     } else {
-        duckdb(&dir, &duck_sql)
+        duckdb(&dir, &duck_sql, by_key)
     };
 
     println!(
@@ -125,7 +128,11 @@ async fn count(segments: &Segments, sql: &str) -> u64 {
 /// Best-of-3 seconds and row count of each query in DuckDB, or the error DuckDB gave.
 type DuckResult = Result<(f64, u64), String>;
 
-fn duckdb(dir: &Path, queries: &BTreeMap<String, String>) -> BTreeMap<String, DuckResult> {
+fn duckdb(
+    dir: &Path,
+    queries: &BTreeMap<String, String>,
+    by_key: bool,
+) -> BTreeMap<String, DuckResult> {
     let data = dir.join("data");
     let tables: BTreeMap<&str, String> = ["events", "profiles", "profile_routes", "traits"]
         .into_iter()
@@ -133,7 +140,7 @@ fn duckdb(dir: &Path, queries: &BTreeMap<String, String>) -> BTreeMap<String, Du
         .collect();
     let doc = serde_json::json!({
         "tables": tables,
-        "views": {"profile_events": tribe::sql::PROFILE_EVENTS_UNION},
+        "views": {"profile_events": tribe::sql::portable_profile_events(by_key)},
         "queries": queries,
         "repeat": 3,
     });

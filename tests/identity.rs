@@ -567,3 +567,88 @@ fn a_killed_run_leaves_tables_readable_and_the_next_run_recovers() {
         assert_eq!(sql(&ws, identities), recovered, "delay {delay}");
     }
 }
+
+/// A workspace from before route keys: `events` without them, then new events ingested (the
+/// table gains the columns at its end, its old files keep none). `profile_events` joins on the
+/// text ids there and on the keys in a workspace created with them; both route every event to
+/// the same profile.
+#[test]
+fn events_from_before_route_keys_still_find_their_profiles() {
+    use tribe::storage::{WriteMode, schema};
+    let lines = |from: usize, to: usize| -> Vec<String> {
+        (from..to)
+            .flat_map(|i| {
+                let ts = format!("2026-03-{:02}T10:00:00Z", 1 + i % 20);
+                [
+                    identify(
+                        &format!("i{i}"),
+                        Some(&format!("u{}", i % 7)),
+                        Some(&format!("a{i}")),
+                        &ts,
+                        "{}",
+                    ),
+                    page(&format!("p{i}"), &format!("a{i}"), &ts),
+                ]
+            })
+            .collect()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let joins_on_keys = |dir: &Path| {
+        runtime.block_on(async {
+            let ws = tribe::workspace::Workspace::open(dir).unwrap();
+            let (ctx, _) = tribe::sql::session(&ws).await.unwrap();
+            tribe::sql::joins_on_route_keys(&ctx).await.unwrap()
+        })
+    };
+
+    let old = workspace(Backend::Local, "");
+    ingest(old.path(), "first.jsonl", &lines(0, 30));
+    // Rewrite `events` as the old version stored it: no route key columns.
+    runtime.block_on(async {
+        let ws = tribe::workspace::Workspace::open(old.path()).unwrap();
+        let (ctx, _) = tribe::sql::session(&ws).await.unwrap();
+        let mut spec = schema::events(&ws.config);
+        let fields: Vec<_> = spec
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| !f.name().starts_with("route_") || f.name() == "route_id")
+            .cloned()
+            .collect();
+        let names: Vec<String> = fields.iter().map(|f| format!("\"{}\"", f.name())).collect();
+        spec.schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+        let rows = ctx
+            .sql(&format!("select {} from events", names.join(", ")))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        ws.storage
+            .write(&spec, rows, WriteMode::Replace)
+            .await
+            .unwrap();
+    });
+    ingest(old.path(), "second.jsonl", &lines(30, 60));
+    json(old.path(), &["resolve"]);
+
+    let new = workspace(Backend::Local, "");
+    ingest(new.path(), "first.jsonl", &lines(0, 30));
+    ingest(new.path(), "second.jsonl", &lines(30, 60));
+    json(new.path(), &["resolve"]);
+
+    assert!(!joins_on_keys(old.path()));
+    assert!(joins_on_keys(new.path()));
+    let routed = "select message_id, profile_id from profile_events order by 1";
+    let rows = sql(old.path(), routed);
+    assert_eq!(rows.len(), 120);
+    assert!(rows.iter().all(|r| !r.ends_with(',')), "{rows:?}");
+    assert_eq!(rows, sql(new.path(), routed));
+    assert_eq!(
+        sql_count(
+            old.path(),
+            "select count(*) from events where route_hi is null"
+        ),
+        60
+    );
+}

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringBuilder,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::error::Result;
 use crate::identity::profiles::{Profile, traits_json};
 use crate::storage::TableSpec;
-use crate::storage::schema::timestamp_type;
+use crate::storage::schema::{ROUTE_HI, ROUTE_LO, route_key, timestamp_type};
 
 /// A table stored under the root by its own name (the tables of stages after ingestion).
 pub fn spec(name: &str, fields: Vec<Field>, partition: &[&str]) -> TableSpec {
@@ -79,6 +79,8 @@ pub fn profile_routes() -> TableSpec {
             text("anonymous_id", true),
             text("message_id", true),
             text("profile_id", false),
+            Field::new(ROUTE_HI, DataType::Int64, false),
+            Field::new(ROUTE_LO, DataType::Int64, false),
         ],
         &[],
     )
@@ -103,6 +105,7 @@ pub fn profile_keys_batch(keys: &[Key]) -> Result<RecordBatch> {
 pub type Route<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str);
 
 pub fn profile_routes_batch(routes: &[Route]) -> Result<RecordBatch> {
+    let keys: Vec<(i64, i64)> = routes.iter().map(|r| route_key(r.0, r.1, r.2)).collect();
     rows(
         &profile_routes(),
         vec![
@@ -110,6 +113,12 @@ pub fn profile_routes_batch(routes: &[Route]) -> Result<RecordBatch> {
             strings(routes.iter().map(|r| r.1)),
             strings(routes.iter().map(|r| r.2)),
             strings(routes.iter().map(|r| Some(r.3))),
+            Arc::new(Int64Array::from(
+                keys.iter().map(|k| k.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                keys.iter().map(|k| k.1).collect::<Vec<_>>(),
+            )),
         ],
     )
 }

@@ -14,6 +14,7 @@ use arrow::record_batch::RecordBatch;
 use super::message::{EventRow, TypedValue};
 use crate::config::ValueType;
 use crate::storage::append::key_hash;
+use crate::storage::schema;
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -93,6 +94,8 @@ pub struct EventBatchBuilder {
     sent_at: TimestampMicrosecondBuilder,
     source: StringBuilder,
     route_id: StringBuilder,
+    route_hi: Int64Builder,
+    route_lo: Int64Builder,
     typed: Vec<TypedBuilder>,
     properties: StringBuilder,
     traits: StringBuilder,
@@ -137,6 +140,8 @@ impl EventBatchBuilder {
             sent_at: ts(),
             source: small(),
             route_id: StringBuilder::new(),
+            route_hi: Int64Builder::with_capacity(rows),
+            route_lo: Int64Builder::with_capacity(rows),
             typed: typed.iter().map(|(_, t)| TypedBuilder::new(*t)).collect(),
             properties: json(2),
             traits: json(4),
@@ -172,8 +177,15 @@ impl EventBatchBuilder {
         self.sent_at.append_option(row.sent_at);
         self.source.append_value(source);
         let routed_by_message = row.user_id.is_none() && row.anonymous_id.is_none();
-        self.route_id
-            .append_option(routed_by_message.then_some(row.message_id.as_ref()));
+        let route_id = routed_by_message.then_some(row.message_id.as_ref());
+        self.route_id.append_option(route_id);
+        let (hi, lo) = schema::route_key(
+            row.user_id.as_deref(),
+            row.anonymous_id.as_deref(),
+            route_id,
+        );
+        self.route_hi.append_value(hi);
+        self.route_lo.append_value(lo);
         for (i, builder) in self.typed.iter_mut().enumerate() {
             match row.typed.get(i) {
                 Some(v) => builder.append(v),
@@ -203,6 +215,8 @@ impl EventBatchBuilder {
             Arc::new(self.sent_at.finish()),
             Arc::new(self.source.finish()),
             Arc::new(self.route_id.finish()),
+            Arc::new(self.route_hi.finish()),
+            Arc::new(self.route_lo.finish()),
         ];
         columns.extend(self.typed.iter_mut().map(TypedBuilder::finish));
         columns.extend([
