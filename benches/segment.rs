@@ -65,7 +65,22 @@ fn main() {
     let duck_times = if std::env::var("TRIBE_BENCH_DUCKDB").is_ok_and(|v| v == "0") {
         BTreeMap::new()
     } else {
-        duckdb(&dir, &duck_sql, by_key)
+        // DuckDB gets whichever view form is faster for it, per segment: its plans over the
+        // key join are faster for most segments, but it spills tens of GB on some at 1M people.
+        let mut best = duckdb(&dir, &duck_sql, false);
+        if by_key {
+            for (name, result) in duckdb(&dir, &duck_sql, true) {
+                let better = match (&result, &best[&name]) {
+                    (Ok(_), Err(_)) => true,
+                    (Ok((a, _)), Ok((b, _))) => a < b,
+                    _ => false,
+                };
+                if better {
+                    best.insert(name, result);
+                }
+            }
+        }
+        best
     };
 
     println!(

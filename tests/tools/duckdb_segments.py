@@ -17,6 +17,8 @@ from deltalake import DeltaTable
 doc = json.load(sys.stdin)
 con = duckdb.connect()
 con.execute("SET TimeZone = 'UTC'")
+# A plan that spills without bound fails here instead of filling the disk.
+con.execute("SET max_temp_directory_size = '10GB'")
 for name, path in doc["tables"].items():
     files = DeltaTable(path).file_uris()
     if not files:
