@@ -131,18 +131,19 @@ pub fn route_key(
     anonymous_id: Option<&str>,
     message_id: Option<&str>,
 ) -> (i64, i64) {
-    let mut bytes = Vec::with_capacity(96);
+    // Streamed into the hasher: computed for every event ingested, so nothing is allocated.
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     for part in [user_id, anonymous_id, message_id] {
         match part {
-            None => bytes.push(0),
+            None => hasher.update(&[0]),
             Some(text) => {
-                bytes.push(1);
-                bytes.extend_from_slice(&(text.len() as u64).to_le_bytes());
-                bytes.extend_from_slice(text.as_bytes());
+                hasher.update(&[1]);
+                hasher.update(&(text.len() as u64).to_le_bytes());
+                hasher.update(text.as_bytes());
             }
         }
     }
-    let hash = xxhash_rust::xxh3::xxh3_128(&bytes);
+    let hash = hasher.digest128();
     ((hash >> 64) as i64, hash as i64)
 }
 
