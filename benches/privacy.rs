@@ -216,7 +216,7 @@ async fn build(dir: &Path, people: u64) -> Workspace {
             .await
             .unwrap();
     }
-    let (profiles_spec, batch) = tables::profiles_batch(&profiles, &[]).unwrap();
+    let (profiles_spec, batch) = tables::profiles_batch(&profiles, &[], &[]).unwrap();
     ws.storage
         .write(&profiles_spec, vec![batch], WriteMode::Replace)
         .await

@@ -236,6 +236,173 @@ fn incremental_runs_equal_a_full_run() {
     assert_eq!(sql(&inc, groups), sql(&demo, groups));
 }
 
+/// Every identity output table, sorted, as text.
+fn identity_tables(dir: &Path) -> Vec<Vec<String>> {
+    [
+        "select * from identities order by id_type, id_value",
+        "select * from profiles order by profile_id",
+        "select * from profile_keys order by key_type, key",
+        "select * from profile_routes order by user_id, anonymous_id, message_id",
+        "select * from profile_consent order by profile_id, channel",
+        "select * from identity_conflicts order by id_type, id_value, other_type, other_value",
+    ]
+    .iter()
+    .map(|q| sql(dir, q))
+    .collect()
+}
+
+/// Resolves fully and checks that every identity table is what the incremental runs left.
+fn assert_full_run_agrees(dir: &Path) {
+    let incremental = identity_tables(dir);
+    let full = json(dir, &["resolve", "--full"]);
+    assert_eq!(
+        (full["merges"].as_u64(), full["splits"].as_u64()),
+        (Some(0), Some(0)),
+        "{full}"
+    );
+    assert_eq!(identity_tables(dir), incremental);
+}
+
+#[test]
+fn incremental_runs_recompute_only_the_profiles_new_data_reaches() {
+    let ws = workspace(Backend::Local, "");
+    let dir = ws.path();
+    let ana = r#"{"email":"ana@example.com","plan":"free","score":1}"#;
+    ingest(
+        dir,
+        "a.jsonl",
+        &[
+            identify("m1", Some("u1"), Some("a1"), "2026-01-01T10:00:00Z", ana),
+            // u2 on u1's device: refused (one user id per profile), so u1 and u2 are decided
+            // together from now on.
+            identify("m2", Some("u2"), Some("a1"), "2026-01-02T10:00:00Z", "{}"),
+            identify("m3", Some("u3"), Some("a3"), "2026-01-03T10:00:00Z", r#"{"plan":"pro"}"#),
+            page("m4", "a4", "2026-01-04T10:00:00Z"),
+            page("m5", "a5", "2026-01-05T10:00:00Z"),
+            // An alias from a device id no user id has.
+            r#"{"type":"alias","messageId":"m6","userId":"u6","previousId":"x6","timestamp":"2026-01-06T10:00:00Z"}"#.to_string(),
+        ],
+    );
+    let first = json(dir, &["resolve"]);
+    assert_eq!(first["mode"], "full", "{first}");
+    assert_eq!(first["profiles"], 6, "{first}");
+
+    // Nothing new: no profile is recomputed and no table rewritten.
+    let commits = |table: &str| {
+        std::fs::read_dir(dir.join("data").join(table).join("_delta_log"))
+            .unwrap()
+            .count()
+    };
+    let versions = commits("profiles");
+    let again = json(dir, &["resolve"]);
+    assert_eq!(
+        (
+            again["mode"].as_str(),
+            again["affected_profiles"].as_u64(),
+            again["recomputed_profiles"].as_u64()
+        ),
+        (Some("incremental"), Some(0), Some(0)),
+        "{again}"
+    );
+    assert_eq!(again["profiles"], 6, "{again}");
+    assert_eq!(commits("profiles"), versions);
+
+    // One visitor comes back: only their profile is recomputed.
+    ingest(dir, "b.jsonl", &[page("m7", "a4", "2026-02-01T10:00:00Z")]);
+    let one = json(dir, &["resolve"]);
+    assert_eq!(
+        (
+            one["affected_profiles"].as_u64(),
+            one["recomputed_profiles"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{one}"
+    );
+    assert_eq!(one["profiles"], 6, "{one}");
+    assert_eq!(
+        sql(
+            dir,
+            "select events from profiles p join identities i using (profile_id) where i.id_value = 'a4'"
+        ),
+        ["2"]
+    );
+    assert_full_run_agrees(dir);
+
+    // u2 comes back: u1 is recomputed with it (they share a refused link), nobody else.
+    ingest(
+        dir,
+        "c.jsonl",
+        &[identify(
+            "m8",
+            Some("u2"),
+            None,
+            "2026-02-02T10:00:00Z",
+            r#"{"plan":"pro"}"#,
+        )],
+    );
+    let pair = json(dir, &["resolve"]);
+    assert_eq!(
+        (
+            pair["affected_profiles"].as_u64(),
+            pair["recomputed_profiles"].as_u64()
+        ),
+        (Some(2), Some(2)),
+        "{pair}"
+    );
+    assert_full_run_agrees(dir);
+
+    // Visitor a5 logs in as u3 (two profiles merge, the older id survives), a new person
+    // arrives, u6's old alias turns out to name a user id, and ana's score changes type.
+    let u3 = profile_of(dir, "user_id", "u3");
+    ingest(
+        dir,
+        "d.jsonl",
+        &[
+            identify("m9", Some("u3"), Some("a5"), "2026-02-03T10:00:00Z", "{}"),
+            identify(
+                "m10",
+                Some("u10"),
+                Some("a10"),
+                "2026-02-04T10:00:00Z",
+                r#"{"plan":"free"}"#,
+            ),
+            identify("m11", Some("x6"), None, "2026-02-05T10:00:00Z", "{}"),
+            identify(
+                "m12",
+                Some("u1"),
+                None,
+                "2026-02-06T10:00:00Z",
+                r#"{"score":"high"}"#,
+            ),
+        ],
+    );
+    let mixed = json(dir, &["resolve"]);
+    assert_eq!(mixed["mode"], "incremental", "{mixed}");
+    assert_eq!(mixed["merges"], 1, "{mixed}");
+    assert_eq!(profile_of(dir, "anonymous_id", "a5"), u3);
+    assert!(mixed["affected_profiles"].as_u64().unwrap() < 6, "{mixed}");
+    assert_eq!(
+        sql(dir, "select score from profiles where user_id = 'u1'"),
+        ["high"]
+    );
+    assert_full_run_agrees(dir);
+
+    // A rule change recomputes every profile from the stored sightings.
+    let config = std::fs::read_to_string(dir.join("tribe.toml")).unwrap();
+    std::fs::write(
+        dir.join("tribe.toml"),
+        format!("{config}\n[identity]\nlimits = {{ user_id = 2, email = 5 }}\n"),
+    )
+    .unwrap();
+    let rebuild = json(dir, &["resolve"]);
+    assert_eq!(rebuild["mode"], "rebuild", "{rebuild}");
+    assert_eq!(
+        profile_of(dir, "user_id", "u2"),
+        profile_of(dir, "user_id", "u1")
+    );
+    assert_full_run_agrees(dir);
+}
+
 #[test]
 fn limits_blocks_merges_and_splits() {
     let ws = workspace(Backend::Local, "");

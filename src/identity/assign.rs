@@ -25,7 +25,15 @@ pub struct Assignment {
 }
 
 /// Assigns ids to the components (`root` per node) given each node's earlier id, if any.
-pub fn assign(g: &Graph, root: &[u32], old: &[Option<u32>], old_ids: &[String]) -> Assignment {
+/// `taken` are ids in use by profiles outside the graph (an incremental run computes only some
+/// of them), which a new id must not repeat.
+pub fn assign(
+    g: &Graph,
+    root: &[u32],
+    old: &[Option<u32>],
+    old_ids: &[String],
+    taken: Option<&std::collections::HashSet<String>>,
+) -> Assignment {
     // The canonical key of a component: its earliest identifier.
     let key = |n: u32| {
         let node = &g.nodes[n as usize];
@@ -70,6 +78,7 @@ pub fn assign(g: &Graph, root: &[u32], old: &[Option<u32>], old_ids: &[String]) 
         claimants.entry(main).or_default().push(o);
     }
     let mut used: HashSet<String> = old_ids.iter().cloned().collect();
+    used.extend(taken.into_iter().flatten().cloned());
     let mut id_of_root: HashMap<u32, String> = HashMap::new();
     let mut changes = Vec::new();
     let mut roots: Vec<u32> = (0..g.nodes.len() as u32)

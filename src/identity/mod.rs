@@ -12,8 +12,10 @@
 pub mod assign;
 pub mod evaluate;
 pub mod graph;
+pub mod incremental;
 pub mod normalize;
 pub mod profiles;
+pub mod runs;
 pub mod show;
 pub mod sightings;
 pub mod tables;
@@ -26,6 +28,8 @@ use futures::TryStreamExt;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+pub use crate::identity::runs::{is_stale, note_erasure};
+use crate::identity::runs::{load_runs, rebuild_reason, rules_fingerprint, write_run};
 use crate::identity::sightings::{Sighting, Versions};
 use crate::storage::{TableSpec, WriteMode, schema};
 use crate::workspace::Workspace;
@@ -41,12 +45,21 @@ pub struct Options {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub run_id: String,
+    /// `incremental` (only the profiles new data reaches), `rebuild` (every profile, from the
+    /// stored sightings) or `full` (every profile, from the sources).
     pub mode: String,
-    /// Why a run asked to be incremental read everything, if it did.
+    /// Why a run that could have been incremental was not, if it was not.
     pub full_because: Option<String>,
+    /// The sightings the run computed profiles from.
     pub sightings: u64,
     pub new_sightings: u64,
+    /// Stored profiles the new sightings reached (incremental runs).
+    pub affected_profiles: Option<u64>,
+    /// Profiles the run computed; the others kept their rows.
+    pub recomputed_profiles: u64,
+    /// Identifiers and profiles in the tables after the run.
     pub identifiers: u64,
+    /// Links in the graph the run built.
     pub links: u64,
     pub profiles: u64,
     pub known_profiles: u64,
@@ -56,7 +69,7 @@ pub struct Report {
     pub skipped: Vec<SkipCount>,
     pub large_profiles: Vec<LargeProfile>,
     pub seconds: f64,
-    /// Seconds per phase: scan, load, graph, components, ids, profiles, write.
+    /// Seconds per phase: scan, load, graph, components, ids, profiles, merge, write.
     pub phases: Vec<(String, f64)>,
 }
 
@@ -73,10 +86,33 @@ pub struct LargeProfile {
     pub identifiers: i64,
 }
 
-struct Run {
-    id: String,
-    versions: Versions,
+/// How much of the stored state a run recomputes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Everything, from the events and records themselves.
+    Full,
+    /// Everything, from all stored sightings and the new ones (after a rule change).
+    Rebuild,
+    /// Only the profiles the new sightings reach; every other row stays.
+    Incremental,
 }
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Rebuild => "rebuild",
+            Mode::Incremental => "incremental",
+        }
+    }
+}
+
+/// One output table: its rows, and whether they replace the table or are appended.
+type Output = (
+    TableSpec,
+    Vec<arrow::array::RecordBatch>,
+    WriteMode<'static>,
+);
 
 /// Resolves identities in the workspace and writes the identity tables.
 pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
@@ -89,10 +125,11 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     );
     let config = &ws.config.identity;
     let normalisers = normalize::Normalisers::new(config)?;
+    let rules = rules_fingerprint(config);
 
     let ctx = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
     let runs = load_runs(ws).await?;
-    let mut full_because = if options.full {
+    let mut because = if options.full {
         Some("--full".to_string())
     } else if runs.is_empty() {
         Some("first run".to_string())
@@ -112,13 +149,13 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         .map(|(n, t)| (n.clone(), t.version().map_or(-1, |v| v as i64)))
         .collect();
     let mut new_files: Vec<Option<Vec<deltalake::kernel::Add>>> = Vec::new();
-    if full_because.is_none() {
+    if because.is_none() {
         let last = &runs.last().expect("runs exist when incremental").versions;
         for (name, table) in &sources {
             match crate::storage::added_since(table, last.get(name).copied().unwrap_or(-1)).await? {
                 Some(adds) => new_files.push(Some(adds)),
                 None => {
-                    full_because = Some(format!(
+                    because = Some(format!(
                         "data was deleted from {name}, or new files compacted, since the last run"
                     ));
                     break;
@@ -126,22 +163,26 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             }
         }
     }
-    // What earlier runs stored; rows of a run that died before its record mean a full run.
-    let mut all = Vec::new();
-    if full_because.is_none()
-        && let Some(t) = ws.storage.open(&sightings::spec()).await?
+    let links_table = ws.storage.open(&sightings::spec()).await?;
+    let finished: HashSet<String> = runs.iter().map(|r| r.id.clone()).collect();
+    if because.is_none()
+        && let Some(t) = &links_table
+        && sightings::has_unfinished(&ctx, t, &finished).await?
     {
-        let finished: HashSet<String> = runs.iter().map(|r| r.id.clone()).collect();
-        let stored = sightings::load(&ctx, &t, &finished).await?;
-        if stored.unfinished {
-            full_because = Some("the previous run did not finish".to_string());
-        } else {
-            all = stored.sightings;
-        }
+        because = Some("the previous run did not finish".to_string());
     }
-    phases.mark("load");
-    let full = full_because.is_some();
-    if full {
+    let mode = match because {
+        Some(_) => Mode::Full,
+        None => {
+            because = rebuild_reason(ws, &runs, &rules, links_table.as_ref()).await?;
+            if because.is_some() {
+                Mode::Rebuild
+            } else {
+                Mode::Incremental
+            }
+        }
+    };
+    if mode == Mode::Full {
         new_files = sources.iter().map(|_| None).collect();
     }
     let mut new: Vec<Sighting> = Vec::new();
@@ -155,13 +196,90 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         }
     }
     phases.mark("scan");
-    // The new sightings are stored as they are; the graph needs them next to the old ones.
     let new_count = new.len() as u64;
-    let links_rows = sightings::to_batch(&run_id, &new)?;
-    all.extend(new);
+    // The graph of the new sightings alone: what they skip, and which identifiers they carry.
+    let new_graph = graph::build(&new, config, &normalisers);
+    let skipped: Vec<SkipCount> = new_graph
+        .skipped
+        .iter()
+        .map(|((t, reason), count)| SkipCount {
+            id_type: t.clone(),
+            reason: reason.describe().to_string(),
+            count: *count,
+        })
+        .collect();
 
-    // The graph and its components.
-    let g = graph::build(&all, config, &normalisers);
+    // The stored state this run builds on, and the sightings it recomputes profiles from:
+    // those stored before (all, or the affected profiles' only) and then the new ones.
+    let identities_spec = tables::identities();
+    let identities = read_table(ws, &identities_spec).await?;
+    let mut prior = None;
+    let mut all = Vec::new();
+    match mode {
+        Mode::Full => {}
+        Mode::Rebuild => {
+            let t = links_table
+                .as_ref()
+                .expect("rebuilds have stored sightings");
+            all = sightings::load(&ctx, t, &finished, None).await?.sightings;
+        }
+        Mode::Incremental => {
+            let conflicts = read_table(ws, &tables::conflicts()).await?;
+            let pairs = incremental::profile_pairs(&conflicts)?;
+            let p = incremental::prior(
+                &identities,
+                &incremental::wanted(&new_graph, &new, &normalisers),
+                &pairs,
+            )?;
+            let t = links_table
+                .as_ref()
+                .expect("incremental runs have stored sightings");
+            let anchors = std::sync::Arc::new(p.anchors.clone());
+            all = sightings::load(&ctx, t, &finished, Some(anchors))
+                .await?
+                .sightings;
+            prior = Some(p);
+        }
+    }
+    phases.mark("load");
+    if prior.as_ref().is_some_and(|p| p.affected.is_empty()) && new_graph.nodes.is_empty() {
+        // Nothing reaches a profile: the output tables stay as they are.
+        let links_rows = sightings::to_batch(&run_id, &new, &vec![None; new.len()])?;
+        ws.storage
+            .write(&sightings::spec(), vec![links_rows], WriteMode::Append)
+            .await?;
+        let counts = stored_counts(ws).await?;
+        let report = Report {
+            run_id: run_id.clone(),
+            mode: mode.name().to_string(),
+            full_because: because,
+            sightings: new_count,
+            new_sightings: new_count,
+            affected_profiles: Some(0),
+            recomputed_profiles: 0,
+            identifiers: counts[0],
+            links: 0,
+            profiles: counts[1],
+            known_profiles: counts[2],
+            merges: 0,
+            splits: 0,
+            conflicts: counts[3],
+            skipped,
+            large_profiles: Vec::new(),
+            seconds: clock.elapsed().as_secs_f64(),
+            phases: phases.into_vec(),
+        };
+        write_run(ws, &report, started, &versions, &rules).await?;
+        return Ok(report);
+    }
+    let stored_count = all.len();
+    let g = if mode == Mode::Full {
+        all = new;
+        new_graph
+    } else {
+        all.extend(new);
+        graph::build(&all, config, &normalisers)
+    };
     phases.mark("graph");
     let limits: Vec<(u16, u32)> = config
         .limits
@@ -176,17 +294,17 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     let node_types: Vec<u16> = g.nodes.iter().map(|n| n.ty).collect();
     let comps = unionfind::components(&node_types, &g.links, &limits);
     phases.mark("components");
-    let (old, old_ids) = load_old_ids(ws, &g).await?;
-    let assignment = assign::assign(&g, &comps.root, &old, &old_ids);
+    let (old, old_ids) = old_ids(&identities, &g)?;
+    let taken = prior.as_ref().map(|p| &p.taken);
+    let assignment = assign::assign(&g, &comps.root, &old, &old_ids, taken);
     phases.mark("ids");
     let pid = |n: u32| assignment.id_of_root[&comps.root[n as usize]].as_str();
-    // The profiles, and the identities, keys and routes, need only the components and their
-    // ids: built on two threads.
-    let (profiles, key_tables) = std::thread::scope(|scope| {
-        let key_tables = scope.spawn(|| -> Result<_> {
-            let ids_spec = tables::identities();
-            let identities = tables::rows(
-                &ids_spec,
+    // The rows this run writes for the profiles it computed; an incremental run adds the
+    // stored rows of every other profile.
+    let (profiles, outputs) = std::thread::scope(|scope| {
+        let key_tables = scope.spawn(|| -> Result<Vec<Output>> {
+            let identities_rows = tables::rows(
+                &identities_spec,
                 vec![
                     tables::strings(
                         g.nodes
@@ -205,97 +323,73 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             )?;
             let (keys, routes) = keys_and_routes(&g, &all, &pid);
             Ok(vec![
-                (ids_spec, identities, WriteMode::Replace),
+                (
+                    identities_spec.clone(),
+                    vec![identities_rows],
+                    WriteMode::Replace,
+                ),
                 (
                     tables::profile_keys(),
-                    tables::profile_keys_batch(&keys)?,
+                    vec![tables::profile_keys_batch(&keys)?],
                     WriteMode::Replace,
                 ),
                 (
                     tables::profile_routes(),
-                    tables::profile_routes_batch(&routes)?,
+                    vec![tables::profile_routes_batch(&routes)?],
                     WriteMode::Replace,
                 ),
             ])
         });
         let profiles = profiles::build(&g, &comps.root, &assignment.id_of_root, &all, config);
-        let profile_tables = profile_tables(&profiles, config);
         let key_tables = key_tables
             .join()
             .expect("building the identity tables panicked");
-        (
-            profiles,
-            key_tables.and_then(|k| Ok([k, profile_tables?].concat())),
-        )
+        (profiles, key_tables)
     });
+    let mut outputs = outputs?;
+    outputs.push(conflicts_output(&g, &comps, &pid, config)?);
     phases.mark("profiles");
 
-    // Write: the sightings first, the outputs next, the run record last. A run that dies
-    // before its record leaves sightings the next run sees as unfinished, and redoes fully.
-    let links_spec = sightings::spec();
-    let links_mode = if full {
-        WriteMode::Replace
-    } else {
-        WriteMode::Append
+    // An incremental run keeps the stored rows of every profile it did not recompute.
+    let kept_profiles = match &prior {
+        None => Vec::new(),
+        Some(p) => {
+            keep_stored(ws, &mut outputs, &identities, &p.affected).await?;
+            let stored = read_table(ws, &TableSpec::existing("profiles", "profiles")).await?;
+            let keep: Vec<arrow::array::RecordBatch> = stored
+                .iter()
+                .map(|b| incremental::keep_rows(b, &["profile_id"], &p.affected))
+                .collect::<Result<_>>()?;
+            keep
+        }
     };
-    ws.storage
-        .write(&links_spec, vec![links_rows], links_mode)
-        .await?;
-    // The output tables, each replaced whole; written side by side at the end.
-    let mut outputs = key_tables?;
-
-    let conflicts_spec = tables::conflicts();
-    let mut seen = HashSet::new();
-    // Each refused link as (weaker identifier, stronger identifier, limited type, when).
-    let rank = |n: u32| {
-        (
-            g.rank[g.nodes[n as usize].ty as usize],
-            &*g.nodes[n as usize].value,
-        )
+    let (profiles_spec, profiles_rows) =
+        tables::profiles_batch(&profiles, &kept_profiles, &config.trait_identifiers)?;
+    let large = large_profiles(&profiles_rows, config.large_profile)?;
+    let total_profiles = profiles_rows.num_rows() as u64;
+    let known_profiles = count_true(&profiles_rows, "is_known")?;
+    outputs.push((profiles_spec, vec![profiles_rows], WriteMode::Replace));
+    let mut consent = vec![tables::profile_consent_batch(&profiles)?];
+    if let Some(p) = &prior {
+        let stored = read_table(ws, &tables::profile_consent()).await?;
+        consent.extend(incremental::keep(
+            &stored,
+            &["profile_id"],
+            &p.affected,
+            &tables::profile_consent().schema,
+        )?);
+    }
+    outputs.push((tables::profile_consent(), consent, WriteMode::Replace));
+    let rows_of = |name: &str| -> u64 {
+        outputs
+            .iter()
+            .filter(|(spec, _, _)| spec.name == name)
+            .flat_map(|(_, batches, _)| batches.iter().map(|b| b.num_rows() as u64))
+            .sum()
     };
-    let refused: Vec<unionfind::Refused> = comps
-        .refused
-        .iter()
-        .filter(|r| seen.insert((r.link.a, r.link.b)))
-        .map(|r| {
-            let mut r = *r;
-            if rank(r.link.a) < rank(r.link.b) {
-                std::mem::swap(&mut r.link.a, &mut r.link.b);
-            }
-            r
-        })
-        .collect();
-    let node = |n: u32| &g.nodes[n as usize];
-    let ty = |n: u32| g.types[node(n).ty as usize].as_str();
-    let reasons: Vec<String> = refused
-        .iter()
-        .map(|r| {
-            let t = &g.types[r.limited_type as usize];
-            format!(
-                "linking would give one profile more than {} {t}",
-                config.limits[t]
-            )
-        })
-        .collect();
-    let conflicts = tables::rows(
-        &conflicts_spec,
-        vec![
-            tables::strings(refused.iter().map(|r| Some(ty(r.link.a)))),
-            tables::strings(refused.iter().map(|r| Some(&*node(r.link.a).value))),
-            tables::strings(refused.iter().map(|r| Some(ty(r.link.b)))),
-            tables::strings(refused.iter().map(|r| Some(&*node(r.link.b).value))),
-            tables::strings(
-                refused
-                    .iter()
-                    .map(|r| Some(g.types[r.limited_type as usize].as_str())),
-            ),
-            tables::strings(refused.iter().map(|r| Some(pid(r.link.a)))),
-            tables::strings(refused.iter().map(|r| Some(pid(r.link.b)))),
-            tables::times(refused.iter().map(|r| Some(r.link.at)))?,
-            tables::strings(reasons.iter().map(|s| Some(s.as_str()))),
-        ],
-    )?;
-    outputs.push((conflicts_spec, conflicts, WriteMode::Replace));
+    let total_identifiers = rows_of("identities");
+    let conflicts = rows_of("identity_conflicts");
+    phases.mark("merge");
 
     let changes = &assignment.changes;
     if !changes.is_empty() {
@@ -311,106 +405,70 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
                 tables::strings(changes.iter().map(|_| Some(run_id.as_str()))),
             ],
         )?;
-        outputs.push((merges_spec, rows, WriteMode::Append));
+        outputs.push((merges_spec, vec![rows], WriteMode::Append));
     }
+
+    // Write: the sightings first, the outputs next, the run record last. A run that dies
+    // before its record leaves sightings the next run sees as unfinished, and redoes fully.
+    // Only an incremental run appends its new sightings; the others store all of them again,
+    // each with its anchor under the current rules.
+    let anchors: Vec<Option<String>> = g
+        .owner
+        .iter()
+        .map(|o| {
+            o.map(|n| {
+                let node = &g.nodes[n as usize];
+                incremental::anchor(&g.types[node.ty as usize], &node.value)
+            })
+        })
+        .collect();
+    let (links_rows, links_mode) = match mode {
+        Mode::Incremental => (
+            sightings::to_batch(&run_id, &all[stored_count..], &anchors[stored_count..])?,
+            WriteMode::Append,
+        ),
+        _ => (
+            sightings::to_batch(&run_id, &all, &anchors)?,
+            WriteMode::Replace,
+        ),
+    };
+    ws.storage
+        .write(&sightings::spec(), vec![links_rows], links_mode)
+        .await?;
     write_concurrently(&ws.storage, outputs).await?;
     phases.mark("write");
-    let skipped: Vec<SkipCount> = g
-        .skipped
-        .iter()
-        .map(|((t, reason), count)| SkipCount {
-            id_type: t.clone(),
-            reason: reason.describe().to_string(),
-            count: *count,
-        })
-        .collect();
-    let mut large: Vec<LargeProfile> = profiles
-        .iter()
-        .filter(|p| p.identifiers as usize > config.large_profile)
-        .map(|p| LargeProfile {
-            profile_id: p.id.clone(),
-            identifiers: p.identifiers,
-        })
-        .collect();
-    large.sort_by(|a, b| {
-        b.identifiers
-            .cmp(&a.identifiers)
-            .then(a.profile_id.cmp(&b.profile_id))
-    });
     let report = Report {
         run_id: run_id.clone(),
-        mode: if full { "full" } else { "incremental" }.to_string(),
-        full_because,
+        mode: mode.name().to_string(),
+        full_because: because,
         sightings: all.len() as u64,
         new_sightings: new_count,
-        identifiers: g.nodes.len() as u64,
+        affected_profiles: prior.as_ref().map(|p| p.affected.len() as u64),
+        recomputed_profiles: profiles.len() as u64,
+        identifiers: total_identifiers,
         links: g.links.len() as u64,
-        profiles: profiles.len() as u64,
-        known_profiles: profiles.iter().filter(|p| p.is_known).count() as u64,
+        profiles: total_profiles,
+        known_profiles,
         merges: changes.iter().filter(|c| c.kind == "merge").count() as u64,
         splits: changes.iter().filter(|c| c.kind == "split").count() as u64,
-        conflicts: refused.len() as u64,
+        conflicts,
         skipped,
         large_profiles: large,
         seconds: clock.elapsed().as_secs_f64(),
         phases: phases.into_vec(),
     };
-
-    let runs_spec = tables::runs();
-    let finished = chrono::Utc::now().timestamp_micros();
-    let skipped_json = serde_json::to_string(&report.skipped).expect("serialises");
-    let versions_json = serde_json::to_string(&versions).expect("serialises");
-    let run_row = tables::rows(
-        &runs_spec,
-        vec![
-            tables::strings([Some(run_id.as_str())]),
-            tables::strings([Some(report.mode.as_str())]),
-            tables::times([Some(started)])?,
-            tables::times([Some(finished)])?,
-            tables::strings([Some(versions_json.as_str())]),
-            tables::longs([report.sightings as i64]),
-            tables::longs([report.new_sightings as i64]),
-            tables::longs([report.identifiers as i64]),
-            tables::longs([report.profiles as i64]),
-            tables::longs([report.merges as i64]),
-            tables::longs([report.splits as i64]),
-            tables::longs([report.conflicts as i64]),
-            tables::strings([Some(skipped_json.as_str())]),
-        ],
-    )?;
-    ws.storage
-        .write(&runs_spec, vec![run_row], WriteMode::Append)
-        .await?;
+    write_run(ws, &report, started, &versions, &rules).await?;
     Ok(report)
-}
-
-/// The rows of `profiles` and `profile_consent`.
-fn profile_tables(
-    profiles: &[profiles::Profile],
-    config: &crate::config::IdentitySection,
-) -> Result<Vec<(TableSpec, arrow::array::RecordBatch, WriteMode<'static>)>> {
-    let (spec, batch) = tables::profiles_batch(profiles, &config.trait_identifiers)?;
-    Ok(vec![
-        (spec, batch, WriteMode::Replace),
-        (
-            tables::profile_consent(),
-            tables::profile_consent_batch(profiles)?,
-            WriteMode::Replace,
-        ),
-    ])
 }
 
 /// Writes each (table, rows, mode) in its own task, so that encoding the tables' Parquet files
 /// uses every core; each table still commits on its own, atomically.
-async fn write_concurrently(
-    storage: &crate::storage::Storage,
-    outputs: Vec<(TableSpec, arrow::array::RecordBatch, WriteMode<'static>)>,
-) -> Result<()> {
+async fn write_concurrently(storage: &crate::storage::Storage, outputs: Vec<Output>) -> Result<()> {
     let tasks: Vec<_> = outputs
         .into_iter()
-        .map(|(spec, batch, mode)| {
+        .map(|(spec, batches, mode)| {
             let storage = storage.clone();
-            tokio::spawn(async move { storage.write(&spec, vec![batch], mode).await })
+            tokio::spawn(async move { storage.write(&spec, batches, mode).await })
         })
         .collect();
     for task in tasks {
@@ -480,103 +538,6 @@ fn source_specs(ws: &Workspace) -> Vec<TableSpec> {
     specs
 }
 
-/// Whether events, records or consent statements changed since the last resolve run (or
-/// there is data and no run yet): profiles do not reflect everything stored.
-pub async fn is_stale(ws: &Workspace) -> Result<bool> {
-    let runs = load_runs(ws).await?;
-    for spec in source_specs(ws) {
-        let Some(table) = ws.storage.open(&spec).await? else {
-            continue;
-        };
-        let version = table.version().map_or(-1, |v| v as i64);
-        let seen = runs
-            .last()
-            .and_then(|r| r.versions.get(&spec.name).copied())
-            .unwrap_or(-1);
-        if version != seen {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// After an erasure: when every commit to the source tables since the last run is a delete
-/// (the erasure's own), records a run of mode `erasure` at the new versions, so that the next
-/// resolve stays incremental instead of reading everything again. The identity tables lost
-/// exactly the erased person's rows, which is what a resolve would have done. Returns whether
-/// it recorded one.
-pub async fn note_erasure(ws: &Workspace, request_id: &str) -> Result<bool> {
-    let runs = load_runs(ws).await?;
-    let Some(last) = runs.last() else {
-        return Ok(false);
-    };
-    let mut versions = last.versions.clone();
-    for spec in source_specs(ws) {
-        let Some(table) = ws.storage.open(&spec).await? else {
-            continue;
-        };
-        let current = table.version().map_or(-1, |v| v as i64);
-        let seen = last.versions.get(&spec.name).copied().unwrap_or(-1);
-        let Some(commits) = crate::storage::commits_since(&table, seen).await? else {
-            return Ok(false);
-        };
-        let all_deletes = commits.iter().all(|actions| {
-            actions.iter().any(|a| {
-                matches!(a, deltalake::kernel::Action::CommitInfo(c)
-                    if c.operation.as_deref() == Some("DELETE"))
-            })
-        });
-        if !all_deletes {
-            return Ok(false);
-        }
-        versions.insert(spec.name.clone(), current);
-    }
-    let now = chrono::Utc::now().timestamp_micros();
-    let versions_json = serde_json::to_string(&versions).expect("serialises");
-    let row = tables::rows(
-        &tables::runs(),
-        vec![
-            tables::strings([Some(request_id)]),
-            tables::strings([Some("erasure")]),
-            tables::times([Some(now)])?,
-            tables::times([Some(now)])?,
-            tables::strings([Some(versions_json.as_str())]),
-            tables::longs([0]),
-            tables::longs([0]),
-            tables::longs([0]),
-            tables::longs([0]),
-            tables::longs([0]),
-            tables::longs([0]),
-            tables::longs([0]),
-            tables::strings([Some("[]")]),
-        ],
-    )?;
-    ws.storage
-        .write(&tables::runs(), vec![row], WriteMode::Append)
-        .await?;
-    Ok(true)
-}
-
-/// The completed runs, oldest first.
-async fn load_runs(ws: &Workspace) -> Result<Vec<Run>> {
-    let rows = query_table(
-        ws,
-        &tables::runs(),
-        "select run_id, versions from t order by started_at, run_id",
-    )
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            let versions = serde_json::from_str(&r[1])
-                .map_err(|e| Error::Other(format!("resolve_runs: bad versions {:?}: {e}", r[1])))?;
-            Ok(Run {
-                id: r[0].clone(),
-                versions,
-            })
-        })
-        .collect()
-}
-
 /// Runs `query` over the table of `spec` (named `t`) and returns its rows as text; no rows when
 /// the table does not exist.
 pub async fn query_table(
@@ -609,19 +570,18 @@ async fn stream_table(
     Ok(Some(ctx.sql(query).await?.execute_stream().await?))
 }
 
-/// Each node's profile id from the previous run, as an index into the returned id list. Reads
-/// the Arrow columns directly: at a million profiles there are millions of identities.
-async fn load_old_ids(ws: &Workspace, g: &graph::Graph) -> Result<(Vec<Option<u32>>, Vec<String>)> {
+/// Each node's profile id from the previous run (`identities` rows), as an index into the
+/// returned id list. Reads the Arrow columns directly: at a million profiles there are
+/// millions of identities.
+fn old_ids(
+    identities: &[arrow::array::RecordBatch],
+    g: &graph::Graph,
+) -> Result<(Vec<Option<u32>>, Vec<String>)> {
     let mut old = vec![None; g.nodes.len()];
     let mut ids = Vec::new();
-    let query = "select id_type, id_value, profile_id from t";
-    let Some(mut stream) = stream_table(ws, &tables::identities(), query).await? else {
-        return Ok((old, ids));
-    };
     let mut index: HashMap<String, u32> = HashMap::new();
-    while let Some(b) = stream.try_next().await? {
-        let cols: Vec<arrow::array::StringArray> = b
-            .columns()
+    for b in identities {
+        let cols: Vec<arrow::array::StringArray> = b.columns()[..3]
             .iter()
             .map(sightings::strings)
             .collect::<Result<_>>()?;
@@ -643,4 +603,157 @@ async fn load_old_ids(ws: &Workspace, g: &graph::Graph) -> Result<(Vec<Option<u3
         }
     }
     Ok((old, ids))
+}
+
+/// Adds to the identity, key, route and conflict outputs the stored rows of every profile
+/// not in `affected` (`identities` holds the stored identities, already read).
+async fn keep_stored(
+    ws: &Workspace,
+    outputs: &mut [Output],
+    identities: &[arrow::array::RecordBatch],
+    affected: &HashSet<String>,
+) -> Result<()> {
+    for (spec, batches, _) in outputs.iter_mut() {
+        let columns: &[&str] = if spec.name == tables::conflicts().name {
+            &["profile_id", "other_profile_id"]
+        } else {
+            &["profile_id"]
+        };
+        let stored = if spec.name == tables::identities().name {
+            incremental::keep(identities, columns, affected, &spec.schema)?
+        } else {
+            let stored = read_table(ws, spec).await?;
+            incremental::keep(&stored, columns, affected, &spec.schema)?
+        };
+        batches.extend(stored);
+    }
+    Ok(())
+}
+
+/// Rows in `identities`, `profiles`, known profiles, and rows in `identity_conflicts`.
+async fn stored_counts(ws: &Workspace) -> Result<[u64; 4]> {
+    let profiles = TableSpec::existing("profiles", "profiles");
+    let mut counts = [0; 4];
+    for (i, (spec, query)) in [
+        (&tables::identities(), "select count(*) from t"),
+        (&profiles, "select count(*) from t"),
+        (&profiles, "select count(*) from t where is_known"),
+        (&tables::conflicts(), "select count(*) from t"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Some(row) = query_table(ws, spec, query).await?.first() {
+            counts[i] = row[0].parse().unwrap_or(0);
+        }
+    }
+    Ok(counts)
+}
+
+/// Every row of the table of `spec`; none when it does not exist.
+async fn read_table(ws: &Workspace, spec: &TableSpec) -> Result<Vec<arrow::array::RecordBatch>> {
+    match stream_table(ws, spec, "select * from t").await? {
+        Some(stream) => Ok(stream.try_collect().await?),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The links the over-merging rules refused, as rows of `identity_conflicts`: each once, as
+/// (weaker identifier, stronger identifier, limited type, when).
+fn conflicts_output<'a>(
+    g: &graph::Graph,
+    comps: &unionfind::Components,
+    pid: &impl Fn(u32) -> &'a str,
+    config: &crate::config::IdentitySection,
+) -> Result<Output> {
+    let spec = tables::conflicts();
+    let mut seen = HashSet::new();
+    let rank = |n: u32| {
+        (
+            g.rank[g.nodes[n as usize].ty as usize],
+            &*g.nodes[n as usize].value,
+        )
+    };
+    let refused: Vec<unionfind::Refused> = comps
+        .refused
+        .iter()
+        .filter(|r| seen.insert((r.link.a, r.link.b)))
+        .map(|r| {
+            let mut r = *r;
+            if rank(r.link.a) < rank(r.link.b) {
+                std::mem::swap(&mut r.link.a, &mut r.link.b);
+            }
+            r
+        })
+        .collect();
+    let node = |n: u32| &g.nodes[n as usize];
+    let ty = |n: u32| g.types[node(n).ty as usize].as_str();
+    let reasons: Vec<String> = refused
+        .iter()
+        .map(|r| {
+            let t = &g.types[r.limited_type as usize];
+            format!(
+                "linking would give one profile more than {} {t}",
+                config.limits[t]
+            )
+        })
+        .collect();
+    let rows = tables::rows(
+        &spec,
+        vec![
+            tables::strings(refused.iter().map(|r| Some(ty(r.link.a)))),
+            tables::strings(refused.iter().map(|r| Some(&*node(r.link.a).value))),
+            tables::strings(refused.iter().map(|r| Some(ty(r.link.b)))),
+            tables::strings(refused.iter().map(|r| Some(&*node(r.link.b).value))),
+            tables::strings(
+                refused
+                    .iter()
+                    .map(|r| Some(g.types[r.limited_type as usize].as_str())),
+            ),
+            tables::strings(refused.iter().map(|r| Some(pid(r.link.a)))),
+            tables::strings(refused.iter().map(|r| Some(pid(r.link.b)))),
+            tables::times(refused.iter().map(|r| Some(r.link.at)))?,
+            tables::strings(reasons.iter().map(|s| Some(s.as_str()))),
+        ],
+    )?;
+    Ok((spec, vec![rows], WriteMode::Replace))
+}
+
+/// Profiles (rows of `profiles`) with more identifiers than `threshold`, largest first.
+fn large_profiles(
+    profiles: &arrow::array::RecordBatch,
+    threshold: usize,
+) -> Result<Vec<LargeProfile>> {
+    let ids = sightings::strings(profiles.column_by_name("profile_id").expect("fixed column"))?;
+    let counts = sightings::ints(
+        profiles
+            .column_by_name("identifiers")
+            .expect("fixed column"),
+    )?;
+    let mut large: Vec<LargeProfile> = (0..profiles.num_rows())
+        .filter(|&i| counts.value(i) as usize > threshold)
+        .map(|i| LargeProfile {
+            profile_id: ids.value(i).to_string(),
+            identifiers: counts.value(i),
+        })
+        .collect();
+    large.sort_by(|a, b| {
+        b.identifiers
+            .cmp(&a.identifiers)
+            .then(a.profile_id.cmp(&b.profile_id))
+    });
+    Ok(large)
+}
+
+/// How many rows of `batch` hold true in the boolean column `name`.
+fn count_true(batch: &arrow::array::RecordBatch, name: &str) -> Result<u64> {
+    let col = arrow::compute::cast(
+        batch.column_by_name(name).expect("fixed column"),
+        &arrow::datatypes::DataType::Boolean,
+    )?;
+    let col = col
+        .as_any()
+        .downcast_ref::<arrow::array::BooleanArray>()
+        .expect("cast to Boolean");
+    Ok(col.true_count() as u64)
 }

@@ -52,6 +52,11 @@ pub struct Sighting {
     pub count: i64,
 }
 
+/// The column of `identity_links` naming one identifier of each sighting (its strongest, as
+/// `type:value`): the identifier's profile holds all of the sighting's identifiers, so an
+/// incremental run finds the stored sightings of the profiles it recomputes by it.
+pub const ANCHOR: &str = "anchor";
+
 /// The `identity_links` table.
 pub fn spec() -> TableSpec {
     let text = |n: &str| Field::new(n, DataType::Utf8, true);
@@ -73,13 +78,19 @@ pub fn spec() -> TableSpec {
             Field::new("first_seen", timestamp_type(), false),
             Field::new("last_seen", timestamp_type(), false),
             Field::new("count", DataType::Int64, false),
+            text(ANCHOR),
         ])),
         partition_columns: vec![],
     }
 }
 
-/// Sightings as a batch of the `identity_links` table, stamped with `run_id`.
-pub fn to_batch(run_id: &str, sightings: &[Sighting]) -> Result<RecordBatch> {
+/// Sightings as a batch of the `identity_links` table, stamped with `run_id`, each with its
+/// anchor (None for sightings without a usable identifier).
+pub fn to_batch(
+    run_id: &str,
+    sightings: &[Sighting],
+    anchors: &[Option<String>],
+) -> Result<RecordBatch> {
     use crate::identity::tables::{longs, rows, strings as text, times};
     let text_of = |f: fn(&Sighting) -> Option<&str>| text(sightings.iter().map(f));
     let external: Vec<Option<String>> = sightings
@@ -111,8 +122,16 @@ pub fn to_batch(run_id: &str, sightings: &[Sighting]) -> Result<RecordBatch> {
             times(sightings.iter().map(|s| Some(s.first_seen)))?,
             times(sightings.iter().map(|s| Some(s.last_seen)))?,
             longs(sightings.iter().map(|s| s.count)),
+            text(anchors.iter().map(Option::as_deref)),
         ],
     )
+}
+
+/// Whether a stored `identity_links` table has anchors (tables written before them do not).
+pub fn has_anchors(table: &DeltaTable) -> Result<bool> {
+    Ok(crate::storage::table_schema(table)?
+        .field_with_name(ANCHOR)
+        .is_ok())
 }
 
 /// Stored sightings of finished runs, and whether rows of an unfinished run were found.
@@ -121,20 +140,31 @@ pub struct Stored {
     pub unfinished: bool,
 }
 
-/// Reads the sightings of the runs in `finished` from `identity_links`, in one scan.
+/// Reads the sightings of the runs in `finished` from `identity_links`, in one scan; with
+/// `anchors`, only the sightings whose anchor is one of them (the filter runs inside the
+/// Parquet scan, so the other columns are decoded only for those rows).
 pub async fn load(
     ctx: &SessionContext,
     table: &DeltaTable,
     finished: &HashSet<String>,
+    anchors: Option<std::sync::Arc<HashSet<String>>>,
 ) -> Result<Stored> {
     crate::sql::register(ctx, "identity_links", table, None).await?;
-    let query = "select run_id, kind, source, user_id, anonymous_id, previous_id, message_id, \
-         external_ids, traits, context_traits, consent, first_seen, last_seen, count from identity_links";
+    let mut query = "select run_id, kind, source, user_id, anonymous_id, previous_id, message_id, \
+         external_ids, traits, context_traits, consent, first_seen, last_seen, count from identity_links"
+        .to_string();
+    if let Some(anchors) = anchors {
+        ctx.register_udf(crate::identity::incremental::member_of(
+            "is_affected",
+            anchors,
+        ));
+        query.push_str(" where is_affected(anchor)");
+    }
     let mut out = Stored {
         sightings: Vec::new(),
         unfinished: false,
     };
-    let mut stream = ctx.sql(query).await?.execute_stream().await?;
+    let mut stream = ctx.sql(&query).await?.execute_stream().await?;
     while let Some(batch) = stream.try_next().await? {
         let s: Vec<StringArray> = (0..11)
             .map(|i| strings(batch.column(i)))
@@ -176,6 +206,28 @@ pub async fn load(
         }
     }
     Ok(out)
+}
+
+/// Whether `identity_links` holds rows of a run not in `finished`: one that died before its
+/// run record.
+pub async fn has_unfinished(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    finished: &HashSet<String>,
+) -> Result<bool> {
+    crate::sql::register(ctx, "identity_link_runs", table, None).await?;
+    let batches = ctx
+        .sql("select distinct run_id from identity_link_runs")
+        .await?
+        .collect()
+        .await?;
+    for b in &batches {
+        let runs = strings(b.column(0))?;
+        if runs.iter().flatten().any(|r| !finished.contains(r)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Registers `table` in `ctx` as `name`, restricted to `files` when given; false when there is

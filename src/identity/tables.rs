@@ -4,11 +4,12 @@
 //! `identity_conflicts`, `profile_merges` and `resolve_runs`.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Array, Int64Builder, RecordBatch, StringBuilder,
+    Array, ArrayRef, BooleanBuilder, Float64Builder, Int64Array, Int64Builder, RecordBatch,
+    StringBuilder,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
@@ -215,6 +216,7 @@ pub fn runs() -> TableSpec {
             long("splits"),
             long("conflicts"),
             text("skipped", false),
+            text("rules", true),
         ],
         &[],
     )
@@ -271,52 +273,100 @@ pub const FIXED: &[&str] = &[
 ];
 
 /// The `profiles` table: fixed columns, `consent_<channel>`, then one typed column per trait.
+///
+/// `kept` are rows of the stored table that stay as they are (an incremental run keeps the
+/// profiles it did not recompute); they come first. Their trait columns are rebuilt from their
+/// `traits` JSON together with the new profiles' traits, so that every trait column gets the
+/// type and the set of columns a full run would give them.
 pub fn profiles_batch(
     profiles: &[Profile],
+    kept: &[RecordBatch],
     skip_traits: &[String],
 ) -> Result<(TableSpec, RecordBatch)> {
+    let kept = if kept.is_empty() {
+        None
+    } else {
+        Some(arrow::compute::concat_batches(&kept[0].schema(), kept)?)
+    };
+    // A fixed column: the kept rows' values, then the new profiles'.
+    let with_kept = |field: Field, new: ArrayRef| -> Result<(Field, ArrayRef)> {
+        let Some(kept) = &kept else {
+            return Ok((field, new));
+        };
+        let old = cast(
+            kept.column_by_name(field.name())
+                .expect("a stored profiles table has every fixed column"),
+            field.data_type(),
+        )?;
+        Ok((field, arrow::compute::concat(&[&old, &new])?))
+    };
     let opt = |f: fn(&Profile) -> Option<&str>| strings(profiles.iter().map(f));
     let mut cols: Vec<(Field, ArrayRef)> = vec![
-        (
+        with_kept(
             text("profile_id", false),
             strings(profiles.iter().map(|p| Some(p.id.as_str()))),
-        ),
-        (Field::new("is_known", DataType::Boolean, false), {
+        )?,
+        with_kept(Field::new("is_known", DataType::Boolean, false), {
             let mut b = BooleanBuilder::new();
             profiles.iter().for_each(|p| b.append_value(p.is_known));
             Arc::new(b.finish())
-        }),
-        (text("user_id", true), opt(|p| p.user_id.as_deref())),
-        (text("email", true), opt(|p| p.email.as_deref())),
-        (text("phone", true), opt(|p| p.phone.as_deref())),
-        (
+        })?,
+        with_kept(text("user_id", true), opt(|p| p.user_id.as_deref()))?,
+        with_kept(text("email", true), opt(|p| p.email.as_deref()))?,
+        with_kept(text("phone", true), opt(|p| p.phone.as_deref()))?,
+        with_kept(
             long("identifiers"),
             longs(profiles.iter().map(|p| p.identifiers)),
-        ),
-        (
+        )?,
+        with_kept(
             ts("first_seen"),
             times(profiles.iter().map(|p| Some(p.first_seen)))?,
-        ),
-        (
+        )?,
+        with_kept(
             ts("last_seen"),
             times(profiles.iter().map(|p| Some(p.last_seen)))?,
-        ),
-        (long("events"), longs(profiles.iter().map(|p| p.events))),
-        (
+        )?,
+        with_kept(long("events"), longs(profiles.iter().map(|p| p.events)))?,
+        with_kept(
             text("sources", false),
             strings(profiles.iter().map(|p| Some(p.sources.as_str()))),
-        ),
-        (text("traits", false), {
+        )?,
+        with_kept(text("traits", false), {
             let json: Vec<String> = profiles.iter().map(traits_json).collect();
             strings(json.iter().map(|s| Some(s.as_str())))
-        }),
+        })?,
     ];
-    let channels: BTreeSet<&String> = profiles.iter().flat_map(|p| p.consent.keys()).collect();
-    for channel in channels {
+    // Consent channels: those of the new profiles, and those any kept row has a value for.
+    let kept_rows = kept.as_ref().map_or(0, RecordBatch::num_rows);
+    let mut channels: BTreeMap<String, Option<ArrayRef>> = BTreeMap::new();
+    if let Some(kept) = &kept {
+        for (field, col) in kept.schema().fields().iter().zip(kept.columns()) {
+            if let Some(channel) = field.name().strip_prefix("consent_")
+                && col.null_count() < col.len()
+            {
+                channels.insert(channel.to_string(), Some(cast(col, &DataType::Boolean)?));
+            }
+        }
+    }
+    for p in profiles {
+        for channel in p.consent.keys() {
+            channels.entry(channel.clone()).or_insert(None);
+        }
+    }
+    for (channel, old) in channels {
         let mut b = BooleanBuilder::new();
+        match old {
+            Some(old) => b.extend(
+                old.as_any()
+                    .downcast_ref::<arrow::array::BooleanArray>()
+                    .expect("cast to Boolean")
+                    .iter(),
+            ),
+            None => b.append_nulls(kept_rows),
+        }
         profiles
             .iter()
-            .for_each(|p| b.append_option(p.consent.get(channel).map(|c| c.granted)));
+            .for_each(|p| b.append_option(p.consent.get(&channel).map(|c| c.granted)));
         cols.push((
             Field::new(format!("consent_{channel}"), DataType::Boolean, true),
             Arc::new(b.finish()),
@@ -324,15 +374,32 @@ pub fn profiles_batch(
     }
     // Nested traits (`address: {city: …}`) also get a column per leaf, `address.city`, so that
     // segments and SQL reach them without JSON functions.
-    let flat: Vec<Cow<BTreeMap<String, Value>>> = profiles
+    fn flatten_or_borrow(traits: &BTreeMap<String, Value>) -> Cow<'_, BTreeMap<String, Value>> {
+        if traits.values().any(Value::is_object) {
+            Cow::Owned(flatten(traits))
+        } else {
+            Cow::Borrowed(traits)
+        }
+    }
+    let kept_traits: Vec<BTreeMap<String, Value>> = match &kept {
+        None => Vec::new(),
+        Some(kept) => {
+            use rayon::prelude::*;
+            let json = crate::identity::sightings::strings(
+                kept.column_by_name("traits")
+                    .expect("a stored profiles table has traits"),
+            )?;
+            (0..json.len())
+                .into_par_iter()
+                .map(|row| serde_json::from_str(json.value(row)))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| crate::error::Error::Other(format!("profiles: bad traits: {e}")))?
+        }
+    };
+    let flat: Vec<Cow<BTreeMap<String, Value>>> = kept_traits
         .iter()
-        .map(|p| {
-            if p.traits.values().any(Value::is_object) {
-                Cow::Owned(flatten(&p.traits))
-            } else {
-                Cow::Borrowed(&p.traits)
-            }
-        })
+        .chain(profiles.iter().map(|p| &p.traits))
+        .map(flatten_or_borrow)
         .collect();
     let mut kinds: BTreeMap<&String, Ty> = BTreeMap::new();
     for traits in &flat {

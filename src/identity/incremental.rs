@@ -1,0 +1,266 @@
+//! Incremental resolution: which stored profiles the new sightings reach, and what an
+//! incremental run keeps of the stored tables.
+//!
+//! A profile is affected when a new sighting carries one of its identifiers, or when it is
+//! joined to an affected profile by a refused link (the over-merging rules decide per raw
+//! component, so a refused link's two sides are decided together). The run loads the stored
+//! sightings of the affected profiles only, by their anchors, recomputes those profiles from
+//! them and the new sightings, and replaces their rows in the output tables; every other row
+//! stays as it was. Because every sighting of an affected component is loaded, the result is
+//! what a full run computes (a test compares the two).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::Result as DfResult;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+use crate::error::Result;
+use crate::identity::graph::Graph;
+use crate::identity::normalize::Normalisers;
+use crate::identity::sightings::{Sighting, strings};
+
+/// The identifiers a run looks up, by type.
+pub type Wanted = HashMap<String, HashSet<String>>;
+
+/// What an incremental run starts from.
+pub struct Prior {
+    /// The profiles whose rows this run replaces.
+    pub affected: HashSet<String>,
+    /// Every identifier of those profiles, as `type:value` (the anchors of their sightings).
+    pub anchors: HashSet<String>,
+    /// Every profile id in use: a new profile must not take one.
+    pub taken: HashSet<String>,
+}
+
+/// The anchor text of an identifier.
+pub fn anchor(ty: &str, value: &str) -> String {
+    format!("{ty}:{value}")
+}
+
+/// The affected profiles of `identities` (the stored table's rows, `id_type, id_value,
+/// profile_id` first): those holding a `wanted` identifier, closed over the refused links of
+/// `conflicts` (pairs of profile ids).
+pub fn prior(
+    identities: &[RecordBatch],
+    wanted: &Wanted,
+    conflicts: &[(String, String)],
+) -> Result<Prior> {
+    let mut affected: HashSet<String> = HashSet::new();
+    let mut taken: HashSet<String> = HashSet::new();
+    let columns = |b: &RecordBatch| -> Result<[arrow::array::StringArray; 3]> {
+        Ok([
+            strings(b.column(0))?,
+            strings(b.column(1))?,
+            strings(b.column(2))?,
+        ])
+    };
+    for b in identities {
+        let [ty, value, profile] = columns(b)?;
+        for row in 0..b.num_rows() {
+            let p = profile.value(row);
+            if !taken.contains(p) {
+                taken.insert(p.to_string());
+            }
+            if wanted
+                .get(ty.value(row))
+                .is_some_and(|values| values.contains(value.value(row)))
+            {
+                affected.insert(p.to_string());
+            }
+        }
+    }
+    let mut refused: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (a, b) in conflicts {
+        refused.entry(a).or_default().push(b);
+        refused.entry(b).or_default().push(a);
+    }
+    let mut queue: Vec<String> = affected.iter().cloned().collect();
+    while let Some(p) = queue.pop() {
+        for &other in refused.get(p.as_str()).into_iter().flatten() {
+            if affected.insert(other.to_string()) {
+                queue.push(other.to_string());
+            }
+        }
+    }
+    let mut anchors = HashSet::new();
+    for b in identities {
+        let [ty, value, profile] = columns(b)?;
+        for row in 0..b.num_rows() {
+            if affected.contains(profile.value(row)) {
+                anchors.insert(anchor(ty.value(row), value.value(row)));
+            }
+        }
+    }
+    Ok(Prior {
+        affected,
+        anchors,
+        taken,
+    })
+}
+
+/// The rows of `batches` in which none of `columns` holds an affected profile id, cast to
+/// `schema` (a table read back may use other string encodings than the one it is written in).
+pub fn keep(
+    batches: &[RecordBatch],
+    columns: &[&str],
+    affected: &HashSet<String>,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    batches
+        .iter()
+        .map(|b| conform(&keep_rows(b, columns, affected)?, schema))
+        .collect()
+}
+
+/// The rows of `batch` in which none of `columns` holds an affected profile id.
+pub fn keep_rows(
+    batch: &RecordBatch,
+    columns: &[&str],
+    affected: &HashSet<String>,
+) -> Result<RecordBatch> {
+    let ids: Vec<arrow::array::StringArray> = columns
+        .iter()
+        .map(|c| {
+            strings(
+                batch
+                    .column_by_name(c)
+                    .expect("the table has its key column"),
+            )
+        })
+        .collect::<Result<_>>()?;
+    let mask: BooleanArray = (0..batch.num_rows())
+        .map(|row| {
+            Some(
+                !ids.iter()
+                    .any(|c| !c.is_null(row) && affected.contains(c.value(row))),
+            )
+        })
+        .collect();
+    Ok(arrow::compute::filter_record_batch(batch, &mask)?)
+}
+
+/// The (profile, other profile) pairs of stored `identity_conflicts` rows.
+pub fn profile_pairs(conflicts: &[RecordBatch]) -> Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    for b in conflicts {
+        let column = |name: &str| strings(b.column_by_name(name).expect("conflicts column"));
+        let (a, o) = (column("profile_id")?, column("other_profile_id")?);
+        for row in 0..b.num_rows() {
+            pairs.push((a.value(row).to_string(), o.value(row).to_string()));
+        }
+    }
+    Ok(pairs)
+}
+
+/// The identifiers whose stored profiles the new sightings reach: every identifier of their
+/// graph, and a user id or anonymous id also under the other type. An alias's previous id is
+/// a user id when one is known by that value, else an anonymous id, so a new user id can
+/// change what an old alias links, and an alias's previous id may name an old user id.
+pub fn wanted(new: &Graph, sightings: &[Sighting], normalisers: &Normalisers) -> Wanted {
+    let mut wanted = Wanted::new();
+    let mut add = |ty: &str, value: &str| {
+        wanted
+            .entry(ty.to_string())
+            .or_default()
+            .insert(value.to_string());
+    };
+    for node in &new.nodes {
+        let ty = new.types[node.ty as usize].as_str();
+        add(ty, &node.value);
+        let other = match ty {
+            "user_id" => "anonymous_id",
+            "anonymous_id" => "user_id",
+            _ => continue,
+        };
+        if let Ok(v) = normalisers.normalise(other, &node.value) {
+            add(other, &v);
+        }
+    }
+    for previous in sightings.iter().filter_map(|s| s.previous_id.as_deref()) {
+        for ty in ["user_id", "anonymous_id"] {
+            if let Ok(v) = normalisers.normalise(ty, previous) {
+                add(ty, &v);
+            }
+        }
+    }
+    wanted
+}
+
+/// `batch` with its columns cast to the types of `schema`'s fields of the same names, in
+/// `schema`'s order.
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let col = batch
+                .column_by_name(f.name())
+                .expect("the stored table has the column");
+            Ok(arrow::compute::cast(col, f.data_type())?)
+        })
+        .collect::<Result<_>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// A SQL function `name(text) -> boolean`: whether the text is one of `set`. As a filter it
+/// runs inside the Parquet scan, before the other columns of a row are decoded.
+pub fn member_of(name: &str, set: Arc<HashSet<String>>) -> ScalarUDF {
+    ScalarUDF::new_from_impl(MemberOf {
+        name: name.to_string(),
+        set,
+        signature: Signature::string(1, Volatility::Immutable),
+    })
+}
+
+#[derive(Debug)]
+struct MemberOf {
+    name: String,
+    set: Arc<HashSet<String>>,
+    signature: Signature,
+}
+
+// One function per set: equal when it is the same set.
+impl PartialEq for MemberOf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && Arc::ptr_eq(&self.set, &other.set)
+    }
+}
+
+impl Eq for MemberOf {}
+
+impl std::hash::Hash for MemberOf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        Arc::as_ptr(&self.set).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for MemberOf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let array = args.args[0].to_array(args.number_rows)?;
+        let contains = |v: Option<&str>| Some(v.is_some_and(|v| self.set.contains(v)));
+        let result: BooleanArray = match array.data_type() {
+            DataType::Utf8View => array.as_string_view().iter().map(contains).collect(),
+            DataType::LargeUtf8 => array.as_string::<i64>().iter().map(contains).collect(),
+            _ => array.as_string::<i32>().iter().map(contains).collect(),
+        };
+        Ok(ColumnarValue::Array(Arc::new(result)))
+    }
+}
