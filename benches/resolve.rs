@@ -3,8 +3,9 @@
 //! 1. Union-find core: components of a synthetic identity graph shaped like the demo's
 //!    (per person a user id, an e-mail, sometimes a phone, one to three devices), with limits.
 //! 2. Whole pipeline on a demo workspace of `TRIBE_BENCH_PEOPLE` people (default 100,000):
-//!    a cold full resolve, then an incremental one after 1% new events, then a query through
-//!    the `profile_events` view against the same query on `events`.
+//!    a cold full resolve, an incremental one with nothing new, incremental ones after about
+//!    1% new events (from a few people, and spread over everyone), then queries through the
+//!    `profile_events` view against the same query on `events`.
 //!
 //! Reuses the workspace in `TRIBE_BENCH_DIR` when it holds a demo of that size.
 //! Prints a Markdown table for the README.
@@ -71,30 +72,53 @@ fn main() {
             format!("{full_s:.1} s: {} sightings, {} identifiers, {} profiles", full.sightings, full.identifiers, full.profiles),
         ));
 
-        // 1% new events: every 100th web event again, under a new message id.
-        let extra = dir.join("extra.jsonl");
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&extra).unwrap());
-        let web = std::io::BufReader::new(std::fs::File::open(dir.join("sources/web.jsonl")).unwrap());
-        let mut added = 0u64;
-        for (i, line) in web.lines().enumerate() {
-            let line = line.unwrap();
-            if i % 100 == 0 {
-                writeln!(out, "{}", line.replacen("\"messageId\":\"", "\"messageId\":\"again-", 1)).unwrap();
-                added += 1;
-            }
-        }
-        out.flush().unwrap();
-        drop(out);
-        let options = tribe::ingest::events::EventIngest { source: Some("web".into()), strict: false };
-        tribe::ingest::events::ingest_events(&ws, std::slice::from_ref(&extra), &options, &ProgressBar::hidden()).await.unwrap();
         let t = Instant::now();
-        let inc = tribe::identity::resolve(&ws, tribe::identity::Options::default()).await.unwrap();
-        let inc_s = t.elapsed().as_secs_f64();
-        assert_eq!(inc.mode, "incremental");
+        let idle = tribe::identity::resolve(&ws, tribe::identity::Options::default()).await.unwrap();
         rows.push((
-            format!("incremental resolve after {added} new events"),
-            format!("{inc_s:.1} s: {} new sightings", inc.new_sightings),
+            "incremental resolve, nothing new".into(),
+            format!("{:.1} s ({})", t.elapsed().as_secs_f64(), idle.mode),
         ));
+
+        // About 1% new events, twice: a day's activity of some people (a sixteenth of the
+        // devices, three of each sixteen of their web events), then the same share spread over
+        // everyone (every 100th web event). Each is sent again under a new message id.
+        let web = dir.join("sources/web.jsonl");
+        let some_people = |i: usize, line: &str| {
+            let device = line.split("\"anonymousId\":\"").nth(1).and_then(|r| r.split('"').next());
+            device.is_some_and(|d| xxhash_rust::xxh3::xxh3_64(d.as_bytes()).is_multiple_of(16)) && i % 16 < 3
+        };
+        let everyone = |i: usize, _: &str| i.is_multiple_of(100);
+        for (name, pick) in [
+            ("a day of activity of 1 in 16 devices", &some_people as &dyn Fn(usize, &str) -> bool),
+            ("spread over everyone", &everyone),
+        ] {
+            let extra = dir.join("extra.jsonl");
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&extra).unwrap());
+            let input = std::io::BufReader::new(std::fs::File::open(&web).unwrap());
+            let mut added = 0u64;
+            for (i, line) in input.lines().enumerate() {
+                let line = line.unwrap();
+                if pick(i, &line) {
+                    writeln!(out, "{}", line.replacen("\"messageId\":\"", &format!("\"messageId\":\"again-{name}-"), 1)).unwrap();
+                    added += 1;
+                }
+            }
+            out.flush().unwrap();
+            drop(out);
+            let options = tribe::ingest::events::EventIngest { source: Some("web".into()), strict: false };
+            tribe::ingest::events::ingest_events(&ws, std::slice::from_ref(&extra), &options, &ProgressBar::hidden()).await.unwrap();
+            let t = Instant::now();
+            let inc = tribe::identity::resolve(&ws, tribe::identity::Options::default()).await.unwrap();
+            let inc_s = t.elapsed().as_secs_f64();
+            assert_eq!(inc.mode, "incremental");
+            rows.push((
+                format!("incremental resolve after {added} new events ({:.1}%), {name}", added as f64 * 100.0 / events as f64),
+                format!(
+                    "{inc_s:.1} s: {} new sightings, {} of {} profiles recomputed",
+                    inc.new_sightings, inc.recomputed_profiles, inc.profiles
+                ),
+            ));
+        }
 
         let (ctx, _) = tribe::sql::session(&ws).await.unwrap();
         let q_events = "select user_id, sum(prop_revenue) from events where event = 'Order Completed' group by 1";

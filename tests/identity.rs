@@ -307,7 +307,9 @@ fn incremental_runs_recompute_only_the_profiles_new_data_reaches() {
     assert_eq!(again["profiles"], 6, "{again}");
     assert_eq!(commits("profiles"), versions);
 
-    // One visitor comes back: only their profile is recomputed.
+    // One visitor comes back: only their profile is recomputed, and the tables whose rows for
+    // it did not change (keys, routes) get no new version.
+    let routes = commits("profile_routes");
     ingest(dir, "b.jsonl", &[page("m7", "a4", "2026-02-01T10:00:00Z")]);
     let one = json(dir, &["resolve"]);
     assert_eq!(
@@ -319,6 +321,7 @@ fn incremental_runs_recompute_only_the_profiles_new_data_reaches() {
         "{one}"
     );
     assert_eq!(one["profiles"], 6, "{one}");
+    assert_eq!(commits("profile_routes"), routes);
     assert_eq!(
         sql(
             dir,

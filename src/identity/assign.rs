@@ -32,7 +32,7 @@ pub fn assign(
     root: &[u32],
     old: &[Option<u32>],
     old_ids: &[String],
-    taken: Option<&std::collections::HashSet<String>>,
+    taken: Option<&HashSet<&str>>,
 ) -> Assignment {
     // The canonical key of a component: its earliest identifier.
     let key = |n: u32| {
@@ -78,7 +78,7 @@ pub fn assign(
         claimants.entry(main).or_default().push(o);
     }
     let mut used: HashSet<String> = old_ids.iter().cloned().collect();
-    used.extend(taken.into_iter().flatten().cloned());
+    let is_taken = |id: &str| taken.is_some_and(|t| t.contains(id));
     let mut id_of_root: HashMap<u32, String> = HashMap::new();
     let mut changes = Vec::new();
     let mut roots: Vec<u32> = (0..g.nodes.len() as u32)
@@ -102,7 +102,7 @@ pub fn assign(
                 }
                 winner
             }
-            None => new_id(g, earliest[*r as usize], &mut used),
+            None => new_id(g, earliest[*r as usize], &mut used, &is_taken),
         };
         id_of_root.insert(*r, id);
     }
@@ -138,7 +138,12 @@ pub fn assign(
     }
 }
 
-fn new_id(g: &Graph, earliest: u32, used: &mut HashSet<String>) -> String {
+fn new_id(
+    g: &Graph,
+    earliest: u32,
+    used: &mut HashSet<String>,
+    is_taken: &impl Fn(&str) -> bool,
+) -> String {
     let node = &g.nodes[earliest as usize];
     let mut salt = 0u32;
     loop {
@@ -147,7 +152,7 @@ fn new_id(g: &Graph, earliest: u32, used: &mut HashSet<String>) -> String {
             g.types[node.ty as usize], node.value
         );
         let id = format!("p_{:016x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
-        if used.insert(id.clone()) {
+        if !is_taken(&id) && used.insert(id.clone()) {
             return id;
         }
         salt += 1;

@@ -9,11 +9,12 @@
 //! stays as it was. Because every sighting of an affected component is loaded, the result is
 //! what a full run computes (a test compares the two).
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::{RowConverter, SortField};
 use datafusion::common::Result as DfResult;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -27,14 +28,17 @@ use crate::identity::sightings::{Sighting, strings};
 /// The identifiers a run looks up, by type.
 pub type Wanted = HashMap<String, HashSet<String>>;
 
+/// A set of profile ids or anchors (hashed with foldhash: it is probed once per stored row).
+pub type Ids = HashSet<String>;
+
 /// What an incremental run starts from.
-pub struct Prior {
+pub struct Prior<'a> {
     /// The profiles whose rows this run replaces.
     pub affected: HashSet<String>,
     /// Every identifier of those profiles, as `type:value` (the anchors of their sightings).
     pub anchors: HashSet<String>,
     /// Every profile id in use: a new profile must not take one.
-    pub taken: HashSet<String>,
+    pub taken: HashSet<&'a str>,
 }
 
 /// The anchor text of an identifier.
@@ -42,30 +46,24 @@ pub fn anchor(ty: &str, value: &str) -> String {
     format!("{ty}:{value}")
 }
 
-/// The affected profiles of `identities` (the stored table's rows, `id_type, id_value,
-/// profile_id` first): those holding a `wanted` identifier, closed over the refused links of
-/// `conflicts` (pairs of profile ids).
-pub fn prior(
-    identities: &[RecordBatch],
+/// The affected profiles of `identities` (the stored table's rows, conformed to its schema):
+/// those holding a `wanted` identifier, closed over the refused links of `conflicts` (pairs
+/// of profile ids).
+pub fn prior<'a>(
+    identities: &'a [RecordBatch],
     wanted: &Wanted,
     conflicts: &[(String, String)],
-) -> Result<Prior> {
-    let mut affected: HashSet<String> = HashSet::new();
-    let mut taken: HashSet<String> = HashSet::new();
-    let columns = |b: &RecordBatch| -> Result<[arrow::array::StringArray; 3]> {
-        Ok([
-            strings(b.column(0))?,
-            strings(b.column(1))?,
-            strings(b.column(2))?,
-        ])
+) -> Result<Prior<'a>> {
+    let columns = |b: &'a RecordBatch| -> [&'a arrow::array::StringArray; 3] {
+        [0, 1, 2].map(|i| b.column(i).as_string::<i32>())
     };
+    let mut affected: HashSet<String> = HashSet::new();
+    let mut taken: HashSet<&str> = HashSet::new();
     for b in identities {
-        let [ty, value, profile] = columns(b)?;
+        let [ty, value, profile] = columns(b);
         for row in 0..b.num_rows() {
             let p = profile.value(row);
-            if !taken.contains(p) {
-                taken.insert(p.to_string());
-            }
+            taken.insert(p);
             if wanted
                 .get(ty.value(row))
                 .is_some_and(|values| values.contains(value.value(row)))
@@ -89,7 +87,7 @@ pub fn prior(
     }
     let mut anchors = HashSet::new();
     for b in identities {
-        let [ty, value, profile] = columns(b)?;
+        let [ty, value, profile] = columns(b);
         for row in 0..b.num_rows() {
             if affected.contains(profile.value(row)) {
                 anchors.insert(anchor(ty.value(row), value.value(row)));
@@ -108,7 +106,7 @@ pub fn prior(
 pub fn keep(
     batches: &[RecordBatch],
     columns: &[&str],
-    affected: &HashSet<String>,
+    affected: &Ids,
     schema: &SchemaRef,
 ) -> Result<Vec<RecordBatch>> {
     batches
@@ -117,12 +115,50 @@ pub fn keep(
         .collect()
 }
 
-/// The rows of `batch` in which none of `columns` holds an affected profile id.
-pub fn keep_rows(
-    batch: &RecordBatch,
+/// The rows of `batches` that `keep` leaves out, cast to `schema`.
+pub fn replaced(
+    batches: &[RecordBatch],
     columns: &[&str],
-    affected: &HashSet<String>,
-) -> Result<RecordBatch> {
+    affected: &Ids,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    batches
+        .iter()
+        .map(|b| {
+            let kept = mask(b, columns, affected)?;
+            let gone = arrow::compute::filter_record_batch(b, &arrow::compute::not(&kept)?)?;
+            conform(&gone, schema)
+        })
+        .collect()
+}
+
+/// Whether `old` (any string encodings) and `new` (in `schema`) hold the same rows in any
+/// order: then a run recomputed what a table holds, and it need not be written again.
+pub fn same_rows(old: &[RecordBatch], new: &[RecordBatch], schema: &SchemaRef) -> Result<bool> {
+    let count = |bs: &[RecordBatch]| bs.iter().map(RecordBatch::num_rows).sum::<usize>();
+    if count(old) != count(new) {
+        return Ok(false);
+    }
+    let fields: Vec<SortField> = schema
+        .fields()
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect();
+    let converter = RowConverter::new(fields)?;
+    let sorted = |bs: &[RecordBatch]| -> Result<Vec<Vec<u8>>> {
+        let mut rows = Vec::new();
+        for b in bs {
+            let b = conform(b, schema)?;
+            let converted = converter.convert_columns(b.columns())?;
+            rows.extend(converted.iter().map(|r| r.as_ref().to_vec()));
+        }
+        rows.sort_unstable();
+        Ok(rows)
+    };
+    Ok(sorted(old)? == sorted(new)?)
+}
+
+fn mask(batch: &RecordBatch, columns: &[&str], affected: &Ids) -> Result<BooleanArray> {
     let ids: Vec<arrow::array::StringArray> = columns
         .iter()
         .map(|c| {
@@ -133,15 +169,22 @@ pub fn keep_rows(
             )
         })
         .collect::<Result<_>>()?;
-    let mask: BooleanArray = (0..batch.num_rows())
+    Ok((0..batch.num_rows())
         .map(|row| {
             Some(
                 !ids.iter()
                     .any(|c| !c.is_null(row) && affected.contains(c.value(row))),
             )
         })
-        .collect();
-    Ok(arrow::compute::filter_record_batch(batch, &mask)?)
+        .collect())
+}
+
+/// The rows of `batch` in which none of `columns` holds an affected profile id.
+pub fn keep_rows(batch: &RecordBatch, columns: &[&str], affected: &Ids) -> Result<RecordBatch> {
+    Ok(arrow::compute::filter_record_batch(
+        batch,
+        &mask(batch, columns, affected)?,
+    )?)
 }
 
 /// The (profile, other profile) pairs of stored `identity_conflicts` rows.

@@ -185,6 +185,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     if mode == Mode::Full {
         new_files = sources.iter().map(|_| None).collect();
     }
+    let mut stored = Stored::new(ws);
     let mut new: Vec<Sighting> = Vec::new();
     for ((name, table), files) in sources.iter().zip(new_files) {
         if name == schema::EVENTS {
@@ -209,41 +210,8 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         })
         .collect();
 
-    // The stored state this run builds on, and the sightings it recomputes profiles from:
-    // those stored before (all, or the affected profiles' only) and then the new ones.
-    let identities_spec = tables::identities();
-    let identities = read_table(ws, &identities_spec).await?;
-    let mut prior = None;
-    let mut all = Vec::new();
-    match mode {
-        Mode::Full => {}
-        Mode::Rebuild => {
-            let t = links_table
-                .as_ref()
-                .expect("rebuilds have stored sightings");
-            all = sightings::load(&ctx, t, &finished, None).await?.sightings;
-        }
-        Mode::Incremental => {
-            let conflicts = read_table(ws, &tables::conflicts()).await?;
-            let pairs = incremental::profile_pairs(&conflicts)?;
-            let p = incremental::prior(
-                &identities,
-                &incremental::wanted(&new_graph, &new, &normalisers),
-                &pairs,
-            )?;
-            let t = links_table
-                .as_ref()
-                .expect("incremental runs have stored sightings");
-            let anchors = std::sync::Arc::new(p.anchors.clone());
-            all = sightings::load(&ctx, t, &finished, Some(anchors))
-                .await?
-                .sightings;
-            prior = Some(p);
-        }
-    }
-    phases.mark("load");
-    if prior.as_ref().is_some_and(|p| p.affected.is_empty()) && new_graph.nodes.is_empty() {
-        // Nothing reaches a profile: the output tables stay as they are.
+    if mode == Mode::Incremental && new_graph.nodes.is_empty() {
+        // No new identifier, so nothing reaches a profile: the output tables stay as they are.
         let links_rows = sightings::to_batch(&run_id, &new, &vec![None; new.len()])?;
         ws.storage
             .write(&sightings::spec(), vec![links_rows], WriteMode::Append)
@@ -265,13 +233,57 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             splits: 0,
             conflicts: counts[3],
             skipped,
-            large_profiles: Vec::new(),
+            large_profiles: stored_large_profiles(ws, config.large_profile).await?,
             seconds: clock.elapsed().as_secs_f64(),
-            phases: phases.into_vec(),
+            phases: {
+                phases.mark("write");
+                phases.into_vec()
+            },
         };
         write_run(ws, &report, started, &versions, &rules).await?;
         return Ok(report);
     }
+    // The stored state this run builds on, and the sightings it recomputes profiles from:
+    // those stored before (all, or the affected profiles' only) and then the new ones.
+    let identities_spec = tables::identities();
+    let identities: Vec<arrow::array::RecordBatch> = stored
+        .take(&identities_spec)
+        .await?
+        .iter()
+        .map(|b| incremental::conform(b, &identities_spec.schema))
+        .collect::<Result<_>>()?;
+    phases.mark("read identities");
+    let mut prior = None;
+    let mut all = Vec::new();
+    match mode {
+        Mode::Full => {}
+        Mode::Rebuild => {
+            let t = links_table
+                .as_ref()
+                .expect("rebuilds have stored sightings");
+            all = sightings::load(&ctx, t, &finished, None).await?.sightings;
+        }
+        Mode::Incremental => {
+            let conflicts = stored.take(&tables::conflicts()).await?;
+            let pairs = incremental::profile_pairs(&conflicts)?;
+            stored.put_back(&tables::conflicts(), conflicts);
+            let mut p = incremental::prior(
+                &identities,
+                &incremental::wanted(&new_graph, &new, &normalisers),
+                &pairs,
+            )?;
+            phases.mark("affected");
+            let t = links_table
+                .as_ref()
+                .expect("incremental runs have stored sightings");
+            let anchors = std::sync::Arc::new(std::mem::take(&mut p.anchors));
+            all = sightings::load(&ctx, t, &finished, Some(anchors))
+                .await?
+                .sightings;
+            prior = Some(p);
+        }
+    }
+    phases.mark("load");
     let stored_count = all.len();
     let g = if mode == Mode::Full {
         all = new;
@@ -351,11 +363,15 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     phases.mark("profiles");
 
     // An incremental run keeps the stored rows of every profile it did not recompute.
+    let mut unchanged = HashMap::new();
     let kept_profiles = match &prior {
         None => Vec::new(),
         Some(p) => {
-            keep_stored(ws, &mut outputs, &identities, &p.affected).await?;
-            let stored = read_table(ws, &TableSpec::existing("profiles", "profiles")).await?;
+            unchanged = keep_stored(&mut stored, &mut outputs, &identities, &p.affected).await?;
+            phases.mark("keep");
+            let stored = stored
+                .take(&TableSpec::existing("profiles", "profiles"))
+                .await?;
             let keep: Vec<arrow::array::RecordBatch> = stored
                 .iter()
                 .map(|b| incremental::keep_rows(b, &["profile_id"], &p.affected))
@@ -371,16 +387,21 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     outputs.push((profiles_spec, vec![profiles_rows], WriteMode::Replace));
     let mut consent = vec![tables::profile_consent_batch(&profiles)?];
     if let Some(p) = &prior {
-        let stored = read_table(ws, &tables::profile_consent()).await?;
-        consent.extend(incremental::keep(
-            &stored,
-            &["profile_id"],
-            &p.affected,
-            &tables::profile_consent().schema,
-        )?);
+        let spec = tables::profile_consent();
+        let rows = stored.take(&spec).await?;
+        let key = ["profile_id"];
+        let old = incremental::replaced(&rows, &key, &p.affected, &spec.schema)?;
+        if incremental::same_rows(&old, &consent, &spec.schema)? {
+            let count = rows.iter().map(|b| b.num_rows() as u64).sum();
+            unchanged.insert(spec.name.clone(), count);
+        }
+        consent.extend(incremental::keep(&rows, &key, &p.affected, &spec.schema)?);
     }
     outputs.push((tables::profile_consent(), consent, WriteMode::Replace));
     let rows_of = |name: &str| -> u64 {
+        if let Some(&count) = unchanged.get(name) {
+            return count;
+        }
         outputs
             .iter()
             .filter(|(spec, _, _)| spec.name == name)
@@ -389,6 +410,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     };
     let total_identifiers = rows_of("identities");
     let conflicts = rows_of("identity_conflicts");
+    outputs.retain(|(spec, _, _)| !unchanged.contains_key(&spec.name));
     phases.mark("merge");
 
     let changes = &assignment.changes;
@@ -562,12 +584,167 @@ async fn stream_table(
     spec: &TableSpec,
     query: &str,
 ) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>> {
-    let Some(table) = ws.storage.open(spec).await? else {
+    stream_stored(
+        &ws.storage,
+        ws.config.workspace.memory_limit_mb,
+        spec,
+        query,
+    )
+    .await
+}
+
+async fn stream_stored(
+    storage: &crate::storage::Storage,
+    memory_mb: usize,
+    spec: &TableSpec,
+    query: &str,
+) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>> {
+    let Some(table) = storage.open(spec).await? else {
         return Ok(None);
     };
-    let ctx = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
+    let ctx = crate::sql::new_context(memory_mb)?;
     crate::sql::register(&ctx, "t", &table, None).await?;
     Ok(Some(ctx.sql(query).await?.execute_stream().await?))
+}
+
+/// Stored tables an incremental run rewrites, read when first needed and kept while they are
+/// needed again. (Reading them in background tasks made the run slower on two cores: the
+/// reads competed with the scan and the graph for the same cores.)
+struct Stored<'a> {
+    ws: &'a Workspace,
+    read: HashMap<String, Vec<arrow::array::RecordBatch>>,
+}
+
+impl<'a> Stored<'a> {
+    fn new(ws: &'a Workspace) -> Stored<'a> {
+        Stored {
+            ws,
+            read: HashMap::new(),
+        }
+    }
+
+    /// Every row of the table of `spec` (none when it does not exist).
+    async fn take(&mut self, spec: &TableSpec) -> Result<Vec<arrow::array::RecordBatch>> {
+        if let Some(rows) = self.read.remove(&spec.name) {
+            return Ok(rows);
+        }
+        match stream_table(self.ws, spec, "select * from t").await? {
+            Some(stream) => Ok(stream.try_collect().await?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The rows of the table of `spec` in which one of `columns` holds one of `ids`. The
+    /// filter runs inside the Parquet scan: the other columns are decoded for those rows only.
+    async fn rows_of(
+        &self,
+        spec: &TableSpec,
+        columns: &[&str],
+        ids: std::sync::Arc<incremental::Ids>,
+    ) -> Result<Vec<arrow::array::RecordBatch>> {
+        let Some(table) = self.ws.storage.open(spec).await? else {
+            return Ok(Vec::new());
+        };
+        let ctx = crate::sql::new_context(self.ws.config.workspace.memory_limit_mb)?;
+        crate::sql::register(&ctx, "t", &table, None).await?;
+        ctx.register_udf(incremental::member_of("is_affected", ids));
+        let condition: Vec<String> = columns
+            .iter()
+            .map(|c| format!("is_affected({c})"))
+            .collect();
+        let query = format!("select * from t where {}", condition.join(" or "));
+        Ok(ctx.sql(&query).await?.collect().await?)
+    }
+
+    /// The number of rows of the table of `spec` (from its file statistics).
+    async fn count(&self, spec: &TableSpec) -> Result<u64> {
+        let rows = query_table(self.ws, spec, "select count(*) from t").await?;
+        Ok(rows.first().and_then(|r| r[0].parse().ok()).unwrap_or(0))
+    }
+
+    /// Rows taken and needed again later.
+    fn put_back(&mut self, spec: &TableSpec, rows: Vec<arrow::array::RecordBatch>) {
+        self.read.insert(spec.name.clone(), rows);
+    }
+}
+
+/// Adds to the identity, key, route and conflict outputs the stored rows of every profile
+/// not in `affected` (`identities` holds the stored identities, already read). A table whose
+/// stored rows of the affected profiles are the recomputed ones needs no new version: it is
+/// returned among the unchanged, with its row count, and only its affected rows are read.
+async fn keep_stored(
+    stored: &mut Stored<'_>,
+    outputs: &mut [Output],
+    identities: &[arrow::array::RecordBatch],
+    affected: &incremental::Ids,
+) -> Result<HashMap<String, u64>> {
+    let ids = std::sync::Arc::new(affected.clone());
+    let mut unchanged = HashMap::new();
+    for (spec, batches, _) in outputs.iter_mut() {
+        let columns: &[&str] = if spec.name == tables::conflicts().name {
+            &["profile_id", "other_profile_id"]
+        } else {
+            &["profile_id"]
+        };
+        if spec.name == tables::identities().name {
+            let old = incremental::replaced(identities, columns, affected, &spec.schema)?;
+            if incremental::same_rows(&old, batches, &spec.schema)? {
+                let rows = identities.iter().map(|b| b.num_rows() as u64).sum();
+                unchanged.insert(spec.name.clone(), rows);
+            }
+            batches.extend(incremental::keep(
+                identities,
+                columns,
+                affected,
+                &spec.schema,
+            )?);
+            continue;
+        }
+        let old = stored.rows_of(spec, columns, ids.clone()).await?;
+        if incremental::same_rows(&old, batches, &spec.schema)? {
+            unchanged.insert(spec.name.clone(), stored.count(spec).await?);
+            continue;
+        }
+        let rows = stored.take(spec).await?;
+        batches.extend(incremental::keep(&rows, columns, affected, &spec.schema)?);
+    }
+    Ok(unchanged)
+}
+
+/// Rows in `identities`, `profiles`, known profiles, and rows in `identity_conflicts`.
+async fn stored_counts(ws: &Workspace) -> Result<[u64; 4]> {
+    let profiles = TableSpec::existing("profiles", "profiles");
+    let mut counts = [0; 4];
+    for (i, (spec, query)) in [
+        (&tables::identities(), "select count(*) from t"),
+        (&profiles, "select count(*) from t"),
+        (&profiles, "select count(*) from t where is_known"),
+        (&tables::conflicts(), "select count(*) from t"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if let Some(row) = query_table(ws, spec, query).await?.first() {
+            counts[i] = row[0].parse().unwrap_or(0);
+        }
+    }
+    Ok(counts)
+}
+
+/// The stored profiles with more identifiers than `threshold`, largest first.
+async fn stored_large_profiles(ws: &Workspace, threshold: usize) -> Result<Vec<LargeProfile>> {
+    let query = format!(
+        "select profile_id, identifiers from t where identifiers > {threshold} \
+         order by identifiers desc, profile_id"
+    );
+    let rows = query_table(ws, &TableSpec::existing("profiles", "profiles"), &query).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| LargeProfile {
+            identifiers: r[1].parse().unwrap_or(0),
+            profile_id: r[0].clone(),
+        })
+        .collect())
 }
 
 /// Each node's profile id from the previous run (`identities` rows), as an index into the
@@ -603,59 +780,6 @@ fn old_ids(
         }
     }
     Ok((old, ids))
-}
-
-/// Adds to the identity, key, route and conflict outputs the stored rows of every profile
-/// not in `affected` (`identities` holds the stored identities, already read).
-async fn keep_stored(
-    ws: &Workspace,
-    outputs: &mut [Output],
-    identities: &[arrow::array::RecordBatch],
-    affected: &HashSet<String>,
-) -> Result<()> {
-    for (spec, batches, _) in outputs.iter_mut() {
-        let columns: &[&str] = if spec.name == tables::conflicts().name {
-            &["profile_id", "other_profile_id"]
-        } else {
-            &["profile_id"]
-        };
-        let stored = if spec.name == tables::identities().name {
-            incremental::keep(identities, columns, affected, &spec.schema)?
-        } else {
-            let stored = read_table(ws, spec).await?;
-            incremental::keep(&stored, columns, affected, &spec.schema)?
-        };
-        batches.extend(stored);
-    }
-    Ok(())
-}
-
-/// Rows in `identities`, `profiles`, known profiles, and rows in `identity_conflicts`.
-async fn stored_counts(ws: &Workspace) -> Result<[u64; 4]> {
-    let profiles = TableSpec::existing("profiles", "profiles");
-    let mut counts = [0; 4];
-    for (i, (spec, query)) in [
-        (&tables::identities(), "select count(*) from t"),
-        (&profiles, "select count(*) from t"),
-        (&profiles, "select count(*) from t where is_known"),
-        (&tables::conflicts(), "select count(*) from t"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        if let Some(row) = query_table(ws, spec, query).await?.first() {
-            counts[i] = row[0].parse().unwrap_or(0);
-        }
-    }
-    Ok(counts)
-}
-
-/// Every row of the table of `spec`; none when it does not exist.
-async fn read_table(ws: &Workspace, spec: &TableSpec) -> Result<Vec<arrow::array::RecordBatch>> {
-    match stream_table(ws, spec, "select * from t").await? {
-        Some(stream) => Ok(stream.try_collect().await?),
-        None => Ok(Vec::new()),
-    }
 }
 
 /// The links the over-merging rules refused, as rows of `identity_conflicts`: each once, as

@@ -147,7 +147,7 @@ pub async fn load(
     ctx: &SessionContext,
     table: &DeltaTable,
     finished: &HashSet<String>,
-    anchors: Option<std::sync::Arc<HashSet<String>>>,
+    anchors: Option<std::sync::Arc<crate::identity::incremental::Ids>>,
 ) -> Result<Stored> {
     crate::sql::register(ctx, "identity_links", table, None).await?;
     let mut query = "select run_id, kind, source, user_id, anonymous_id, previous_id, message_id, \
