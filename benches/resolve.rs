@@ -88,6 +88,8 @@ fn main() {
             device.is_some_and(|d| xxhash_rust::xxh3::xxh3_64(d.as_bytes()).is_multiple_of(16)) && i % 16 < 3
         };
         let everyone = |i: usize, _: &str| i.is_multiple_of(100);
+        // New message ids per run: a kept workspace would otherwise drop them as duplicates.
+        let tag = chrono::Utc::now().timestamp();
         for (name, pick) in [
             ("a day of activity of 1 in 16 devices", &some_people as &dyn Fn(usize, &str) -> bool),
             ("spread over everyone", &everyone),
@@ -99,7 +101,7 @@ fn main() {
             for (i, line) in input.lines().enumerate() {
                 let line = line.unwrap();
                 if pick(i, &line) {
-                    writeln!(out, "{}", line.replacen("\"messageId\":\"", &format!("\"messageId\":\"again-{name}-"), 1)).unwrap();
+                    writeln!(out, "{}", line.replacen("\"messageId\":\"", &format!("\"messageId\":\"again-{tag}-{name}-"), 1)).unwrap();
                     added += 1;
                 }
             }
