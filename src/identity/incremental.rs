@@ -109,10 +109,7 @@ pub fn keep(
     affected: &Ids,
     schema: &SchemaRef,
 ) -> Result<Vec<RecordBatch>> {
-    batches
-        .iter()
-        .map(|b| conform(&keep_rows(b, columns, affected)?, schema))
-        .collect()
+    split(batches, columns, affected, schema, true)
 }
 
 /// The rows of `batches` that `keep` leaves out, cast to `schema`.
@@ -122,12 +119,24 @@ pub fn replaced(
     affected: &Ids,
     schema: &SchemaRef,
 ) -> Result<Vec<RecordBatch>> {
+    split(batches, columns, affected, schema, false)
+}
+
+fn split(
+    batches: &[RecordBatch],
+    columns: &[&str],
+    affected: &Ids,
+    schema: &SchemaRef,
+    kept: bool,
+) -> Result<Vec<RecordBatch>> {
     batches
         .iter()
         .map(|b| {
-            let kept = mask(b, columns, affected)?;
-            let gone = arrow::compute::filter_record_batch(b, &arrow::compute::not(&kept)?)?;
-            conform(&gone, schema)
+            let mut rows = mask(b, columns, affected)?;
+            if !kept {
+                rows = arrow::compute::not(&rows)?;
+            }
+            conform(&arrow::compute::filter_record_batch(b, &rows)?, schema)
         })
         .collect()
 }
