@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch, new_null_array};
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -551,20 +551,9 @@ fn diff(
     Ok((adds, removes))
 }
 
-/// A batch of an earlier run in the current columns: same-named columns (cast when the type
-/// changed), empty ones where the earlier run had no such column.
+/// A batch of an earlier run in the current columns (all nullable: an earlier run may lack
+/// some).
 fn conform(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| match b.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) if arrow::compute::can_cast_types(c.data_type(), f.data_type()) => {
-                Ok(arrow::compute::cast(c, f.data_type())?)
-            }
-            _ => Ok(new_null_array(f.data_type(), b.num_rows())),
-        })
-        .collect::<Result<Vec<_>>>()?;
     let nullable = Arc::new(Schema::new(
         schema
             .fields()
@@ -572,7 +561,7 @@ fn conform(b: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect::<Vec<_>>(),
     ));
-    Ok(RecordBatch::try_new(nullable, columns)?)
+    crate::storage::conform(b, &nullable)
 }
 
 #[cfg(test)]

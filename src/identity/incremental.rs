@@ -12,7 +12,7 @@
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::Result as DfResult;
@@ -24,6 +24,7 @@ use crate::error::Result;
 use crate::identity::graph::Graph;
 use crate::identity::normalize::Normalisers;
 use crate::identity::sightings::{Sighting, strings};
+use crate::storage::conform;
 
 /// The identifiers a run looks up, by type.
 pub type Wanted = HashMap<String, HashSet<String>>;
@@ -101,44 +102,36 @@ pub fn prior<'a>(
     })
 }
 
-/// The rows of `batches` in which none of `columns` holds an affected profile id, cast to
-/// `schema` (a table read back may use other string encodings than the one it is written in).
-pub fn keep(
-    batches: &[RecordBatch],
-    columns: &[&str],
-    affected: &Ids,
-    schema: &SchemaRef,
-) -> Result<Vec<RecordBatch>> {
-    split(batches, columns, affected, schema, true)
+/// Stored rows, cast to their table's schema (a table read back may use other string
+/// encodings than it is written in), split by whether they belong to an affected profile.
+pub struct Split {
+    /// Rows in which none of the key columns holds an affected profile id: they stay.
+    pub kept: Vec<RecordBatch>,
+    /// The others: what the run recomputed.
+    pub replaced: Vec<RecordBatch>,
 }
 
-/// The rows of `batches` that `keep` leaves out, cast to `schema`.
-pub fn replaced(
+/// Splits `batches` by whether one of `columns` holds an affected profile id.
+pub fn split(
     batches: &[RecordBatch],
     columns: &[&str],
     affected: &Ids,
     schema: &SchemaRef,
-) -> Result<Vec<RecordBatch>> {
-    split(batches, columns, affected, schema, false)
-}
-
-fn split(
-    batches: &[RecordBatch],
-    columns: &[&str],
-    affected: &Ids,
-    schema: &SchemaRef,
-    kept: bool,
-) -> Result<Vec<RecordBatch>> {
-    batches
-        .iter()
-        .map(|b| {
-            let mut rows = mask(b, columns, affected)?;
-            if !kept {
-                rows = arrow::compute::not(&rows)?;
-            }
-            conform(&arrow::compute::filter_record_batch(b, &rows)?, schema)
-        })
-        .collect()
+) -> Result<Split> {
+    let mut out = Split {
+        kept: Vec::with_capacity(batches.len()),
+        replaced: Vec::with_capacity(batches.len()),
+    };
+    for b in batches {
+        let keep = mask(b, columns, affected)?;
+        let b = conform(b, schema)?;
+        out.kept
+            .push(arrow::compute::filter_record_batch(&b, &keep)?);
+        let replace = arrow::compute::not(&keep)?;
+        out.replaced
+            .push(arrow::compute::filter_record_batch(&b, &replace)?);
+    }
+    Ok(out)
 }
 
 /// Whether `old` (any string encodings) and `new` (in `schema`) hold the same rows in any
@@ -241,22 +234,6 @@ pub fn wanted(new: &Graph, sightings: &[Sighting], normalisers: &Normalisers) ->
         }
     }
     wanted
-}
-
-/// `batch` with its columns cast to the types of `schema`'s fields of the same names, in
-/// `schema`'s order.
-pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns: Vec<ArrayRef> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            let col = batch
-                .column_by_name(f.name())
-                .expect("the stored table has the column");
-            Ok(arrow::compute::cast(col, f.data_type())?)
-        })
-        .collect::<Result<_>>()?;
-    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// A SQL function `name(text) -> boolean`: whether the text is one of `set`. As a filter it

@@ -245,13 +245,22 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     }
     // The stored state this run builds on, and the sightings it recomputes profiles from:
     // those stored before (all, or the affected profiles' only) and then the new ones.
+    // An incremental run rewrites `identities` from these rows; the others need the ids only.
     let identities_spec = tables::identities();
-    let identities: Vec<arrow::array::RecordBatch> = stored
-        .take(&identities_spec)
-        .await?
-        .iter()
-        .map(|b| incremental::conform(b, &identities_spec.schema))
-        .collect::<Result<_>>()?;
+    let identities: Vec<arrow::array::RecordBatch> = if mode == Mode::Incremental {
+        stored
+            .take(&identities_spec)
+            .await?
+            .iter()
+            .map(|b| crate::storage::conform(b, &identities_spec.schema))
+            .collect::<Result<_>>()?
+    } else {
+        let query = "select id_type, id_value, profile_id from t";
+        match stream_table(ws, &identities_spec, query).await? {
+            Some(stream) => stream.try_collect().await?,
+            None => Vec::new(),
+        }
+    };
     phases.mark("read identities");
     let mut prior = None;
     let mut all = Vec::new();
@@ -261,7 +270,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             let t = links_table
                 .as_ref()
                 .expect("rebuilds have stored sightings");
-            all = sightings::load(&ctx, t, &finished, None).await?.sightings;
+            all = sightings::load(&ctx, t, None).await?;
         }
         Mode::Incremental => {
             let conflicts = stored.take(&tables::conflicts()).await?;
@@ -277,9 +286,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
                 .as_ref()
                 .expect("incremental runs have stored sightings");
             let anchors = std::sync::Arc::new(std::mem::take(&mut p.anchors));
-            all = sightings::load(&ctx, t, &finished, Some(anchors))
-                .await?
-                .sightings;
+            all = sightings::load(&ctx, t, Some(anchors)).await?;
             prior = Some(p);
         }
     }
@@ -360,6 +367,11 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     });
     let mut outputs = outputs?;
     outputs.push(conflicts_output(&g, &comps, &pid, config)?);
+    outputs.push((
+        tables::profile_consent(),
+        vec![tables::profile_consent_batch(&profiles)?],
+        WriteMode::Replace,
+    ));
     phases.mark("profiles");
 
     // An incremental run keeps the stored rows of every profile it did not recompute.
@@ -369,6 +381,8 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         Some(p) => {
             unchanged = keep_stored(&mut stored, &mut outputs, &identities, &p.affected).await?;
             phases.mark("keep");
+            // Every stored profile row is read as it is: `profiles_batch` rebuilds its trait
+            // columns, whose types follow the data.
             let stored = stored
                 .take(&TableSpec::existing("profiles", "profiles"))
                 .await?;
@@ -385,19 +399,6 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     let total_profiles = profiles_rows.num_rows() as u64;
     let known_profiles = count_true(&profiles_rows, "is_known")?;
     outputs.push((profiles_spec, vec![profiles_rows], WriteMode::Replace));
-    let mut consent = vec![tables::profile_consent_batch(&profiles)?];
-    if let Some(p) = &prior {
-        let spec = tables::profile_consent();
-        let rows = stored.take(&spec).await?;
-        let key = ["profile_id"];
-        let old = incremental::replaced(&rows, &key, &p.affected, &spec.schema)?;
-        if incremental::same_rows(&old, &consent, &spec.schema)? {
-            let count = rows.iter().map(|b| b.num_rows() as u64).sum();
-            unchanged.insert(spec.name.clone(), count);
-        }
-        consent.extend(incremental::keep(&rows, &key, &p.affected, &spec.schema)?);
-    }
-    outputs.push((tables::profile_consent(), consent, WriteMode::Replace));
     let rows_of = |name: &str| -> u64 {
         if let Some(&count) = unchanged.get(name) {
             return count;
@@ -584,27 +585,23 @@ async fn stream_table(
     spec: &TableSpec,
     query: &str,
 ) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>> {
-    stream_stored(
-        &ws.storage,
-        ws.config.workspace.memory_limit_mb,
-        spec,
-        query,
-    )
-    .await
-}
-
-async fn stream_stored(
-    storage: &crate::storage::Storage,
-    memory_mb: usize,
-    spec: &TableSpec,
-    query: &str,
-) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>> {
-    let Some(table) = storage.open(spec).await? else {
+    let Some(ctx) = table_context(ws, spec).await? else {
         return Ok(None);
     };
-    let ctx = crate::sql::new_context(memory_mb)?;
-    crate::sql::register(&ctx, "t", &table, None).await?;
     Ok(Some(ctx.sql(query).await?.execute_stream().await?))
+}
+
+/// A session with the table of `spec` registered as `t`; None when the table does not exist.
+async fn table_context(
+    ws: &Workspace,
+    spec: &TableSpec,
+) -> Result<Option<datafusion::prelude::SessionContext>> {
+    let Some(table) = ws.storage.open(spec).await? else {
+        return Ok(None);
+    };
+    let ctx = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
+    crate::sql::register(&ctx, "t", &table, None).await?;
+    Ok(Some(ctx))
 }
 
 /// Stored tables an incremental run rewrites, read when first needed and kept while they are
@@ -642,11 +639,9 @@ impl<'a> Stored<'a> {
         columns: &[&str],
         ids: std::sync::Arc<incremental::Ids>,
     ) -> Result<Vec<arrow::array::RecordBatch>> {
-        let Some(table) = self.ws.storage.open(spec).await? else {
+        let Some(ctx) = table_context(self.ws, spec).await? else {
             return Ok(Vec::new());
         };
-        let ctx = crate::sql::new_context(self.ws.config.workspace.memory_limit_mb)?;
-        crate::sql::register(&ctx, "t", &table, None).await?;
         ctx.register_udf(incremental::member_of("is_affected", ids));
         let condition: Vec<String> = columns
             .iter()
@@ -668,10 +663,11 @@ impl<'a> Stored<'a> {
     }
 }
 
-/// Adds to the identity, key, route and conflict outputs the stored rows of every profile
-/// not in `affected` (`identities` holds the stored identities, already read). A table whose
-/// stored rows of the affected profiles are the recomputed ones needs no new version: it is
-/// returned among the unchanged, with its row count, and only its affected rows are read.
+/// Adds to the identity, key, route, conflict and consent outputs the stored rows of every
+/// profile not in `affected` (`identities` holds the stored identities, already read). A
+/// table whose stored rows of the affected profiles are the recomputed ones needs no new
+/// version: it is returned among the unchanged, with its row count. Tables not in memory are
+/// first read for the affected rows only, and whole only when they changed.
 async fn keep_stored(
     stored: &mut Stored<'_>,
     outputs: &mut [Output],
@@ -679,6 +675,8 @@ async fn keep_stored(
     affected: &incremental::Ids,
 ) -> Result<HashMap<String, u64>> {
     let ids = std::sync::Arc::new(affected.clone());
+    let count =
+        |bs: &[arrow::array::RecordBatch]| -> u64 { bs.iter().map(|b| b.num_rows() as u64).sum() };
     let mut unchanged = HashMap::new();
     for (spec, batches, _) in outputs.iter_mut() {
         let columns: &[&str] = if spec.name == tables::conflicts().name {
@@ -686,27 +684,34 @@ async fn keep_stored(
         } else {
             &["profile_id"]
         };
-        if spec.name == tables::identities().name {
-            let old = incremental::replaced(identities, columns, affected, &spec.schema)?;
-            if incremental::same_rows(&old, batches, &spec.schema)? {
-                let rows = identities.iter().map(|b| b.num_rows() as u64).sum();
-                unchanged.insert(spec.name.clone(), rows);
+        let in_memory = if spec.name == tables::identities().name {
+            Some(identities.to_vec())
+        } else {
+            stored.read.remove(&spec.name)
+        };
+        let (old, kept) = match in_memory {
+            Some(rows) => {
+                let split = incremental::split(&rows, columns, affected, &spec.schema)?;
+                (split.replaced, Some(split.kept))
             }
-            batches.extend(incremental::keep(
-                identities,
-                columns,
-                affected,
-                &spec.schema,
-            )?);
-            continue;
-        }
-        let old = stored.rows_of(spec, columns, ids.clone()).await?;
+            None => (stored.rows_of(spec, columns, ids.clone()).await?, None),
+        };
         if incremental::same_rows(&old, batches, &spec.schema)? {
-            unchanged.insert(spec.name.clone(), stored.count(spec).await?);
+            let rows = match &kept {
+                Some(kept) => count(kept) + count(&old),
+                None => stored.count(spec).await?,
+            };
+            unchanged.insert(spec.name.clone(), rows);
             continue;
         }
-        let rows = stored.take(spec).await?;
-        batches.extend(incremental::keep(&rows, columns, affected, &spec.schema)?);
+        let kept = match kept {
+            Some(kept) => kept,
+            None => {
+                let rows = stored.take(spec).await?;
+                incremental::split(&rows, columns, affected, &spec.schema)?.kept
+            }
+        };
+        batches.extend(kept);
     }
     Ok(unchanged)
 }

@@ -134,23 +134,17 @@ pub fn has_anchors(table: &DeltaTable) -> Result<bool> {
         .is_ok())
 }
 
-/// Stored sightings of finished runs, and whether rows of an unfinished run were found.
-pub struct Stored {
-    pub sightings: Vec<Sighting>,
-    pub unfinished: bool,
-}
-
-/// Reads the sightings of the runs in `finished` from `identity_links`, in one scan; with
-/// `anchors`, only the sightings whose anchor is one of them (the filter runs inside the
-/// Parquet scan, so the other columns are decoded only for those rows).
+/// Reads the stored sightings from `identity_links`, in one scan; with `anchors`, only the
+/// sightings whose anchor is one of them (the filter runs inside the Parquet scan, so the
+/// other columns are decoded only for those rows). A run checks `has_unfinished` first: rows
+/// of a run that died before its record make it a full run, which reads none.
 pub async fn load(
     ctx: &SessionContext,
     table: &DeltaTable,
-    finished: &HashSet<String>,
     anchors: Option<std::sync::Arc<crate::identity::incremental::Ids>>,
-) -> Result<Stored> {
+) -> Result<Vec<Sighting>> {
     crate::sql::register(ctx, "identity_links", table, None).await?;
-    let mut query = "select run_id, kind, source, user_id, anonymous_id, previous_id, message_id, \
+    let mut query = "select kind, source, user_id, anonymous_id, previous_id, message_id, \
          external_ids, traits, context_traits, consent, first_seen, last_seen, count from identity_links"
         .to_string();
     if let Some(anchors) = anchors {
@@ -160,45 +154,38 @@ pub async fn load(
         ));
         query.push_str(" where is_affected(anchor)");
     }
-    let mut out = Stored {
-        sightings: Vec::new(),
-        unfinished: false,
-    };
+    let mut out = Vec::new();
     let mut stream = ctx.sql(&query).await?.execute_stream().await?;
     while let Some(batch) = stream.try_next().await? {
-        let s: Vec<StringArray> = (0..11)
+        let s: Vec<StringArray> = (0..10)
             .map(|i| strings(batch.column(i)))
             .collect::<Result<_>>()?;
-        let first = ints(batch.column(11))?;
-        let last = ints(batch.column(12))?;
-        let count = ints(batch.column(13))?;
+        let first = ints(batch.column(10))?;
+        let last = ints(batch.column(11))?;
+        let count = ints(batch.column(12))?;
         for row in 0..batch.num_rows() {
-            if !finished.contains(s[0].value(row)) {
-                out.unfinished = true;
-                continue;
-            }
             let get = |i: usize| (!s[i].is_null(row)).then(|| s[i].value(row).to_string());
-            let external_ids = match get(7) {
+            let external_ids = match get(6) {
                 Some(text) => serde_json::from_str(&text).map_err(|e| {
                     Error::Other(format!("identity_links: bad external_ids {text:?}: {e}"))
                 })?,
                 None => Vec::new(),
             };
-            out.sightings.push(Sighting {
-                kind: if s[1].value(row) == "record" {
+            out.push(Sighting {
+                kind: if s[0].value(row) == "record" {
                     Kind::Record
                 } else {
                     Kind::Event
                 },
-                source: s[2].value(row).to_string(),
-                user_id: get(3),
-                anonymous_id: get(4),
-                previous_id: get(5),
-                message_id: get(6),
+                source: s[1].value(row).to_string(),
+                user_id: get(2),
+                anonymous_id: get(3),
+                previous_id: get(4),
+                message_id: get(5),
                 external_ids,
-                traits: get(8),
-                context_traits: get(9),
-                consent: get(10),
+                traits: get(7),
+                context_traits: get(8),
+                consent: get(9),
                 first_seen: first.value(row),
                 last_seen: last.value(row),
                 count: count.value(row),

@@ -337,6 +337,30 @@ fn is_missing_table(e: &DeltaTableError) -> bool {
     )
 }
 
+/// A batch read back (or of an earlier version) in the columns of `schema`: same-named columns,
+/// cast when the type differs (a table read through DataFusion may come back with other
+/// string encodings than it was written in), nulls where the batch has no such column.
+pub fn conform(
+    batch: &arrow::array::RecordBatch,
+    schema: &SchemaRef,
+) -> Result<arrow::array::RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) if arrow::compute::can_cast_types(c.data_type(), f.data_type()) => {
+                Ok(arrow::compute::cast(c, f.data_type())?)
+            }
+            _ => Ok(arrow::array::new_null_array(
+                f.data_type(),
+                batch.num_rows(),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(arrow::array::RecordBatch::try_new(schema.clone(), columns)?)
+}
+
 /// Deletes data files that no commit references (written by a commit that did not happen).
 /// Best effort: files that stay behind are invisible, and `maintain` removes them.
 async fn delete_files(table: &DeltaTable, adds: &[Add]) {
