@@ -69,7 +69,8 @@ pub struct Report {
     pub skipped: Vec<SkipCount>,
     pub large_profiles: Vec<LargeProfile>,
     pub seconds: f64,
-    /// Seconds per phase: scan, load, graph, components, ids, profiles, merge, write.
+    /// Seconds per phase: scan, graph of new data, read identities, affected, load, graph,
+    /// components, ids, profiles, keep, merge, write (each only when the run has it).
     pub phases: Vec<(String, f64)>,
 }
 
@@ -200,6 +201,8 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     let new_count = new.len() as u64;
     // The graph of the new sightings alone: what they skip, and which identifiers they carry.
     let new_graph = graph::build(&new, config, &normalisers);
+    // In a full run this is the whole graph.
+    phases.mark("graph of new data");
     let skipped: Vec<SkipCount> = new_graph
         .skipped
         .iter()
