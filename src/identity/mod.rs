@@ -19,6 +19,7 @@ pub mod runs;
 pub mod show;
 pub mod sightings;
 pub mod tables;
+pub mod trait_columns;
 pub mod unionfind;
 
 use std::collections::{HashMap, HashSet};
@@ -70,7 +71,8 @@ pub struct Report {
     pub large_profiles: Vec<LargeProfile>,
     pub seconds: f64,
     /// Seconds per phase: scan, graph of new data, read identities, affected, load, graph,
-    /// components, ids, profiles, keep, merge, write (each only when the run has it).
+    /// components, ids, profiles, keep, read profiles, profiles table, merge, write (each
+    /// only when the run has it).
     pub phases: Vec<(String, f64)>,
 }
 
@@ -393,11 +395,13 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
                 .iter()
                 .map(|b| incremental::keep_rows(b, &["profile_id"], &p.affected))
                 .collect::<Result<_>>()?;
+            phases.mark("read profiles");
             keep
         }
     };
     let (profiles_spec, profiles_rows) =
         tables::profiles_batch(&profiles, &kept_profiles, &config.trait_identifiers)?;
+    phases.mark("profiles table");
     let large = large_profiles(&profiles_rows, config.large_profile)?;
     let total_profiles = profiles_rows.num_rows() as u64;
     let known_profiles = count_true(&profiles_rows, "is_known")?;

@@ -3,20 +3,18 @@
 //! `profile_routes` (how the `profile_events` view finds an event's profile),
 //! `identity_conflicts`, `profile_merges` and `resolve_runs`.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Float64Builder, Int64Array, Int64Builder, RecordBatch,
-    StringBuilder,
+    Array, ArrayRef, BooleanBuilder, Int64Array, Int64Builder, RecordBatch, StringBuilder,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
-use serde_json::Value;
 
 use crate::error::Result;
 use crate::identity::profiles::{Profile, traits_json};
+use crate::identity::trait_columns;
 use crate::storage::TableSpec;
 use crate::storage::schema::{ROUTE_HI, ROUTE_LO, route_key, timestamp_type};
 
@@ -275,9 +273,8 @@ pub const FIXED: &[&str] = &[
 /// The `profiles` table: fixed columns, `consent_<channel>`, then one typed column per trait.
 ///
 /// `kept` are rows of the stored table that stay as they are (an incremental run keeps the
-/// profiles it did not recompute); they come first. Their trait columns are rebuilt from their
-/// `traits` JSON together with the new profiles' traits, so that every trait column gets the
-/// type and the set of columns a full run would give them.
+/// profiles it did not recompute); they come first. Their trait columns get the types and the
+/// set of columns a full run would give them (see `trait_columns`).
 pub fn profiles_batch(
     profiles: &[Profile],
     kept: &[RecordBatch],
@@ -372,57 +369,13 @@ pub fn profiles_batch(
             Arc::new(b.finish()),
         ));
     }
-    // Nested traits (`address: {city: …}`) also get a column per leaf, `address.city`, so that
-    // segments and SQL reach them without JSON functions.
-    fn flatten_or_borrow(traits: &BTreeMap<String, Value>) -> Cow<'_, BTreeMap<String, Value>> {
-        if traits.values().any(Value::is_object) {
-            Cow::Owned(flatten(traits))
-        } else {
-            Cow::Borrowed(traits)
-        }
-    }
-    let kept_traits: Vec<BTreeMap<String, Value>> = match &kept {
-        None => Vec::new(),
-        Some(kept) => {
-            use rayon::prelude::*;
-            let json = crate::identity::sightings::strings(
-                kept.column_by_name("traits")
-                    .expect("a stored profiles table has traits"),
-            )?;
-            (0..json.len())
-                .into_par_iter()
-                .map(|row| serde_json::from_str(json.value(row)))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| crate::error::Error::Other(format!("profiles: bad traits: {e}")))?
-        }
-    };
-    let flat: Vec<Cow<BTreeMap<String, Value>>> = kept_traits
-        .iter()
-        .chain(profiles.iter().map(|p| &p.traits))
-        .map(flatten_or_borrow)
-        .collect();
-    let mut kinds: BTreeMap<&String, Ty> = BTreeMap::new();
-    for traits in &flat {
-        for (field, v) in traits.iter() {
-            let t = kinds.entry(field).or_insert(Ty::of(v));
-            *t = t.join(Ty::of(v));
-        }
-    }
-    for (field, ty) in kinds {
-        if skip_traits.contains(field) {
-            continue;
-        }
-        let name = if FIXED.contains(&field.as_str()) || field.starts_with("consent_") {
-            format!("trait_{field}")
-        } else {
-            field.clone()
-        };
-        if cols.iter().any(|(f, _)| f.name() == &name) {
-            continue;
-        }
-        let values = flat.iter().map(|t| t.get(field));
-        cols.push(ty.column(&name, values));
-    }
+    let names = cols.iter().map(|(f, _)| f.name().clone()).collect();
+    cols.extend(trait_columns::build(
+        kept.as_ref(),
+        profiles,
+        skip_traits,
+        names,
+    )?);
     let batch = batch(cols)?;
     let spec = TableSpec {
         name: "profiles".into(),
@@ -431,90 +384,4 @@ pub fn profiles_batch(
         partition_columns: vec![],
     };
     Ok((spec, batch))
-}
-
-/// The traits with every leaf of a nested object added under its dotted path.
-fn flatten(traits: &BTreeMap<String, Value>) -> BTreeMap<String, Value> {
-    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
-        if let Value::Object(map) = v {
-            for (k, child) in map {
-                walk(&format!("{prefix}.{k}"), child, out);
-            }
-        } else {
-            out.insert(prefix.to_string(), v.clone());
-        }
-    }
-    let mut out = traits.clone();
-    for (k, v) in traits {
-        if let Value::Object(map) = v {
-            for (sub, child) in map {
-                walk(&format!("{k}.{sub}"), child, &mut out);
-            }
-        }
-    }
-    out
-}
-
-/// The column type a trait gets: the narrowest that holds every value seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ty {
-    Bool,
-    Long,
-    Double,
-    Text,
-}
-
-impl Ty {
-    fn of(v: &Value) -> Ty {
-        match v {
-            Value::Bool(_) => Ty::Bool,
-            Value::Number(n) if n.is_i64() => Ty::Long,
-            Value::Number(_) => Ty::Double,
-            _ => Ty::Text,
-        }
-    }
-
-    fn join(self, other: Ty) -> Ty {
-        match (self, other) {
-            (a, b) if a == b => a,
-            (Ty::Long, Ty::Double) | (Ty::Double, Ty::Long) => Ty::Double,
-            _ => Ty::Text,
-        }
-    }
-
-    fn column<'a>(
-        self,
-        name: &str,
-        values: impl Iterator<Item = Option<&'a Value>>,
-    ) -> (Field, ArrayRef) {
-        let array: ArrayRef = match self {
-            Ty::Bool => {
-                let mut b = BooleanBuilder::new();
-                values.for_each(|v| b.append_option(v.and_then(Value::as_bool)));
-                Arc::new(b.finish())
-            }
-            Ty::Long => {
-                let mut b = Int64Builder::new();
-                values.for_each(|v| b.append_option(v.and_then(Value::as_i64)));
-                Arc::new(b.finish())
-            }
-            Ty::Double => {
-                let mut b = Float64Builder::new();
-                values.for_each(|v| b.append_option(v.and_then(Value::as_f64)));
-                Arc::new(b.finish())
-            }
-            Ty::Text => {
-                let mut b = StringBuilder::new();
-                values.for_each(|v| {
-                    b.append_option(v.map(|v| match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    }))
-                });
-                Arc::new(b.finish())
-            }
-        };
-        let ty = array.data_type().clone();
-        (Field::new(name, ty, true), array)
-    }
 }
