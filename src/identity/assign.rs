@@ -32,7 +32,7 @@ pub fn assign(
     root: &[u32],
     old: &[Option<u32>],
     old_ids: &[String],
-    taken: Option<&HashSet<&str>>,
+    taken: Option<&crate::identity::incremental::Taken>,
 ) -> Assignment {
     // The canonical key of a component: its earliest identifier.
     let key = |n: u32| {

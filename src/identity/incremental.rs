@@ -39,7 +39,41 @@ pub struct Prior<'a> {
     /// Every identifier of those profiles, as `type:value` (the anchors of their sightings).
     pub anchors: HashSet<String>,
     /// Every profile id in use: a new profile must not take one.
-    pub taken: HashSet<&'a str>,
+    pub taken: Taken<'a>,
+}
+
+/// A set of profile ids. Ids this engine made (`p_` and 16 hex digits) are kept as their
+/// number: a million profiles' ids, with millions of repeats in `identities`, go into the set
+/// in a fraction of the time strings take.
+#[derive(Default)]
+pub struct Taken<'a> {
+    made: HashSet<u64>,
+    other: HashSet<&'a str>,
+}
+
+impl<'a> Taken<'a> {
+    pub fn insert(&mut self, id: &'a str) {
+        match made_id(id) {
+            Some(n) => self.made.insert(n),
+            None => self.other.insert(id),
+        };
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        match made_id(id) {
+            Some(n) => self.made.contains(&n),
+            None => self.other.contains(id),
+        }
+    }
+}
+
+/// The number of an id of the form `p_%016x`; `None` for any other text.
+fn made_id(id: &str) -> Option<u64> {
+    let hex = id.strip_prefix("p_")?;
+    if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// The anchor text of an identifier.
@@ -59,7 +93,7 @@ pub fn prior<'a>(
         [0, 1, 2].map(|i| b.column(i).as_string::<i32>())
     };
     let mut affected: HashSet<String> = HashSet::new();
-    let mut taken: HashSet<&str> = HashSet::new();
+    let mut taken = Taken::default();
     for b in identities {
         let [ty, value, profile] = columns(b);
         for row in 0..b.num_rows() {
@@ -123,8 +157,8 @@ pub fn split(
         replaced: Vec::with_capacity(batches.len()),
     };
     for b in batches {
-        let keep = mask(b, columns, affected)?;
         let b = conform(b, schema)?;
+        let keep = mask(&b, columns, affected)?;
         out.kept
             .push(arrow::compute::filter_record_batch(&b, &keep)?);
         let replace = arrow::compute::not(&keep)?;
@@ -138,7 +172,7 @@ pub fn split(
 /// order: then a run recomputed what a table holds, and it need not be written again.
 pub fn same_rows(old: &[RecordBatch], new: &[RecordBatch], schema: &SchemaRef) -> Result<bool> {
     let count = |bs: &[RecordBatch]| bs.iter().map(RecordBatch::num_rows).sum::<usize>();
-    if count(old) != count(new) {
+    if count(old) != count(new) || sums(old, schema)? != sums(new, schema)? {
         return Ok(false);
     }
     let fields: Vec<SortField> = schema
@@ -160,25 +194,50 @@ pub fn same_rows(old: &[RecordBatch], new: &[RecordBatch], schema: &SchemaRef) -
     Ok(sorted(old)? == sorted(new)?)
 }
 
+/// A look before sorting rows: the wrapping sum of each integer and time column, which rows
+/// in any order share. A recomputed profile seen again has a later `last_seen`, so a changed
+/// table is told apart here, without converting and sorting its rows.
+fn sums(batches: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<i64>> {
+    let mut sums = vec![0i64; schema.fields().len()];
+    for b in batches {
+        let b = conform(b, schema)?;
+        for (i, f) in schema.fields().iter().enumerate() {
+            if matches!(f.data_type(), DataType::Int64 | DataType::Timestamp(..)) {
+                let values = crate::identity::sightings::ints(b.column(i))?;
+                sums[i] = values
+                    .iter()
+                    .flatten()
+                    .fold(sums[i], |sum, v| sum.wrapping_add(v));
+            }
+        }
+    }
+    Ok(sums)
+}
+
 fn mask(batch: &RecordBatch, columns: &[&str], affected: &Ids) -> Result<BooleanArray> {
-    let ids: Vec<arrow::array::StringArray> = columns
-        .iter()
-        .map(|c| {
-            strings(
-                batch
-                    .column_by_name(c)
-                    .expect("the table has its key column"),
-            )
-        })
-        .collect::<Result<_>>()?;
-    Ok((0..batch.num_rows())
-        .map(|row| {
-            Some(
-                !ids.iter()
-                    .any(|c| !c.is_null(row) && affected.contains(c.value(row))),
-            )
-        })
-        .collect())
+    let mut held: Option<BooleanArray> = None;
+    for c in columns {
+        let column = batch
+            .column_by_name(c)
+            .expect("the table has its key column");
+        let here = members(column, affected);
+        held = Some(match held {
+            None => here,
+            Some(before) => arrow::compute::or(&before, &here)?,
+        });
+    }
+    let held = held.expect("a key column");
+    Ok(arrow::compute::not(&held)?)
+}
+
+/// Whether each value of a text column (in any string encoding) is in `set`; false for nulls.
+fn members(array: &arrow::array::ArrayRef, set: &Ids) -> BooleanArray {
+    let contains = |v: Option<&str>| Some(v.is_some_and(|v| set.contains(v)));
+    match array.data_type() {
+        DataType::Utf8View => array.as_string_view().iter().map(contains).collect(),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(contains).collect(),
+        _ => array.as_string::<i32>().iter().map(contains).collect(),
+    }
 }
 
 /// The rows of `batch` in which none of `columns` holds an affected profile id.
@@ -284,12 +343,27 @@ impl ScalarUDFImpl for MemberOf {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let array = args.args[0].to_array(args.number_rows)?;
-        let contains = |v: Option<&str>| Some(v.is_some_and(|v| self.set.contains(v)));
-        let result: BooleanArray = match array.data_type() {
-            DataType::Utf8View => array.as_string_view().iter().map(contains).collect(),
-            DataType::LargeUtf8 => array.as_string::<i64>().iter().map(contains).collect(),
-            _ => array.as_string::<i32>().iter().map(contains).collect(),
-        };
-        Ok(ColumnarValue::Array(Arc::new(result)))
+        Ok(ColumnarValue::Array(Arc::new(members(&array, &self.set))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taken_ids_are_told_apart_exactly() {
+        let mut taken = Taken::default();
+        taken.insert("p_00000000000000ff");
+        taken.insert("legacy-7");
+        assert!(taken.contains("p_00000000000000ff"));
+        assert!(taken.contains("legacy-7"));
+        // Texts that parse to the same number but are other ids.
+        assert!(!taken.contains("p_00000000000000FF"));
+        assert!(!taken.contains("p_+0000000000000ff"));
+        assert!(!taken.contains("p_0000000000000ff"));
+        assert!(!taken.contains("p_00000000000000fe"));
+        assert_eq!(made_id("p_00000000000000ff"), Some(255));
+        assert_eq!(made_id("p_00000000000000FF"), None);
     }
 }
