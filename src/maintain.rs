@@ -107,7 +107,7 @@ async fn compact(table: DeltaTable, name: &str) -> Result<(DeltaTable, u64, u64)
         table
             .optimize()
             .with_target_size(target)
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(writer_properties(name))
     };
     let (table, metrics) = if let Some(key) = schema::sort_key(name) {
         let days = days_to_sort(&table, name)?;

@@ -467,7 +467,7 @@ impl SourceFiles {
             pos: ArrowWriter::try_new(
                 pos_file,
                 pos_schema(),
-                Some(crate::storage::writer_properties()),
+                Some(crate::storage::writer_properties("pos")),
             )?,
             pos_rows: Vec::new(),
         })

@@ -271,7 +271,7 @@ async fn delete_rows(ws: &Workspace, m: &TableMatch) -> Result<(u64, u64)> {
         let result = table
             .delete()
             .with_predicate(predicate)
-            .with_writer_properties(writer_properties())
+            .with_writer_properties(writer_properties(&spec.name))
             .await;
         match result {
             Ok((_, metrics)) => {

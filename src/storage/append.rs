@@ -372,7 +372,7 @@ fn table_is_empty(table: &DeltaTable, name: &str) -> Result<bool> {
 pub(super) fn new_writer(table: &DeltaTable, name: &str) -> Result<RecordBatchWriter> {
     Ok(RecordBatchWriter::for_table(table)
         .map_err(|e| Error::delta(name, e))?
-        .with_writer_properties(writer_properties())
+        .with_writer_properties(writer_properties(name))
         .with_target_file_size(TARGET_FILE_SIZE))
 }
 
