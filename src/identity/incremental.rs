@@ -39,41 +39,7 @@ pub struct Prior<'a> {
     /// Every identifier of those profiles, as `type:value` (the anchors of their sightings).
     pub anchors: HashSet<String>,
     /// Every profile id in use: a new profile must not take one.
-    pub taken: Taken<'a>,
-}
-
-/// A set of profile ids. Ids this engine made (`p_` and 16 hex digits) are kept as their
-/// number: a million profiles' ids, with millions of repeats in `identities`, go into the set
-/// in a fraction of the time strings take.
-#[derive(Default)]
-pub struct Taken<'a> {
-    made: HashSet<u64>,
-    other: HashSet<&'a str>,
-}
-
-impl<'a> Taken<'a> {
-    pub fn insert(&mut self, id: &'a str) {
-        match made_id(id) {
-            Some(n) => self.made.insert(n),
-            None => self.other.insert(id),
-        };
-    }
-
-    pub fn contains(&self, id: &str) -> bool {
-        match made_id(id) {
-            Some(n) => self.made.contains(&n),
-            None => self.other.contains(id),
-        }
-    }
-}
-
-/// The number of an id of the form `p_%016x`; `None` for any other text.
-fn made_id(id: &str) -> Option<u64> {
-    let hex = id.strip_prefix("p_")?;
-    if hex.len() != 16 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok()
+    pub taken: crate::identity::assign::Taken<'a>,
 }
 
 /// The anchor text of an identifier.
@@ -93,7 +59,7 @@ pub fn prior<'a>(
         [0, 1, 2].map(|i| b.column(i).as_string::<i32>())
     };
     let mut affected: HashSet<String> = HashSet::new();
-    let mut taken = Taken::default();
+    let mut taken = crate::identity::assign::Taken::default();
     for b in identities {
         let [ty, value, profile] = columns(b);
         for row in 0..b.num_rows() {
@@ -172,7 +138,14 @@ pub fn split(
 /// order: then a run recomputed what a table holds, and it need not be written again.
 pub fn same_rows(old: &[RecordBatch], new: &[RecordBatch], schema: &SchemaRef) -> Result<bool> {
     let count = |bs: &[RecordBatch]| bs.iter().map(RecordBatch::num_rows).sum::<usize>();
-    if count(old) != count(new) || sums(old, schema)? != sums(new, schema)? {
+    if count(old) != count(new) {
+        return Ok(false);
+    }
+    let conformed = |bs: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
+        bs.iter().map(|b| conform(b, schema)).collect()
+    };
+    let (old, new) = (conformed(old)?, conformed(new)?);
+    if sums(&old, schema)? != sums(&new, schema)? {
         return Ok(false);
     }
     let fields: Vec<SortField> = schema
@@ -184,23 +157,22 @@ pub fn same_rows(old: &[RecordBatch], new: &[RecordBatch], schema: &SchemaRef) -
     let sorted = |bs: &[RecordBatch]| -> Result<Vec<Vec<u8>>> {
         let mut rows = Vec::new();
         for b in bs {
-            let b = conform(b, schema)?;
             let converted = converter.convert_columns(b.columns())?;
             rows.extend(converted.iter().map(|r| r.as_ref().to_vec()));
         }
         rows.sort_unstable();
         Ok(rows)
     };
-    Ok(sorted(old)? == sorted(new)?)
+    Ok(sorted(&old)? == sorted(&new)?)
 }
 
 /// A look before sorting rows: the wrapping sum of each integer and time column, which rows
 /// in any order share. A recomputed profile seen again has a later `last_seen`, so a changed
-/// table is told apart here, without converting and sorting its rows.
+/// table is told apart here, without converting and sorting its rows. `batches` are in
+/// `schema`.
 fn sums(batches: &[RecordBatch], schema: &SchemaRef) -> Result<Vec<i64>> {
     let mut sums = vec![0i64; schema.fields().len()];
     for b in batches {
-        let b = conform(b, schema)?;
         for (i, f) in schema.fields().iter().enumerate() {
             if matches!(f.data_type(), DataType::Int64 | DataType::Timestamp(..)) {
                 let values = crate::identity::sightings::ints(b.column(i))?;
@@ -344,26 +316,5 @@ impl ScalarUDFImpl for MemberOf {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let array = args.args[0].to_array(args.number_rows)?;
         Ok(ColumnarValue::Array(Arc::new(members(&array, &self.set))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn taken_ids_are_told_apart_exactly() {
-        let mut taken = Taken::default();
-        taken.insert("p_00000000000000ff");
-        taken.insert("legacy-7");
-        assert!(taken.contains("p_00000000000000ff"));
-        assert!(taken.contains("legacy-7"));
-        // Texts that parse to the same number but are other ids.
-        assert!(!taken.contains("p_00000000000000FF"));
-        assert!(!taken.contains("p_+0000000000000ff"));
-        assert!(!taken.contains("p_0000000000000ff"));
-        assert!(!taken.contains("p_00000000000000fe"));
-        assert_eq!(made_id("p_00000000000000ff"), Some(255));
-        assert_eq!(made_id("p_00000000000000FF"), None);
     }
 }

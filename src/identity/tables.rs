@@ -255,6 +255,28 @@ pub fn rows(spec: &TableSpec, arrays: Vec<ArrayRef>) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(spec.schema.clone(), arrays)?)
 }
 
+/// Stored rows as one batch with plain strings. They come back from the scan as string views,
+/// and every column built from them (fixed, traits JSON, reused trait columns) is `Utf8`: one
+/// cast here instead of one per use.
+fn plain_strings(batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), batches)?;
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if *c.data_type() == DataType::Utf8View {
+            fields.push(f.as_ref().clone().with_data_type(DataType::Utf8));
+            columns.push(cast(c, &DataType::Utf8)?);
+        } else {
+            fields.push(f.as_ref().clone());
+            columns.push(c.clone());
+        }
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 /// Columns every profile has, before consent and trait columns.
 pub const FIXED: &[&str] = &[
     "profile_id",
@@ -283,7 +305,7 @@ pub fn profiles_batch(
     let kept = if kept.is_empty() {
         None
     } else {
-        Some(arrow::compute::concat_batches(&kept[0].schema(), kept)?)
+        Some(plain_strings(kept)?)
     };
     // A fixed column: the kept rows' values, then the new profiles'.
     let with_kept = |field: Field, new: ArrayRef| -> Result<(Field, ArrayRef)> {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringBuilder,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field};
@@ -277,21 +277,21 @@ impl Ty {
         values: impl Iterator<Item = Option<&'a Value>>,
     ) -> (Field, ArrayRef) {
         let array: ArrayRef = match self {
-            Ty::Bool => {
-                let mut b = BooleanBuilder::new();
-                values.for_each(|v| b.append_option(v.and_then(Value::as_bool)));
-                Arc::new(b.finish())
-            }
-            Ty::Long => {
-                let mut b = Int64Builder::new();
-                values.for_each(|v| b.append_option(v.and_then(Value::as_i64)));
-                Arc::new(b.finish())
-            }
-            Ty::Double => {
-                let mut b = Float64Builder::new();
-                values.for_each(|v| b.append_option(v.and_then(Value::as_f64)));
-                Arc::new(b.finish())
-            }
+            Ty::Bool => Arc::new(
+                values
+                    .map(|v| v.and_then(Value::as_bool))
+                    .collect::<BooleanArray>(),
+            ),
+            Ty::Long => Arc::new(
+                values
+                    .map(|v| v.and_then(Value::as_i64))
+                    .collect::<Int64Array>(),
+            ),
+            Ty::Double => Arc::new(
+                values
+                    .map(|v| v.and_then(Value::as_f64))
+                    .collect::<Float64Array>(),
+            ),
             Ty::Text => {
                 let mut b = StringBuilder::new();
                 values.for_each(|v| match v {
