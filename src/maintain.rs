@@ -3,7 +3,8 @@
 //! so it never conflicts with concurrent ingests); vacuum then deletes files no table version
 //! within the retention period needs, including files of ingests that crashed before committing.
 //! Days of `events` that received new files are rewritten sorted by event name (a Delta z-order
-//! on `event`), so a scan for one kind of event reads only that event's pages.
+//! on `event`), so a scan for one kind of event reads only that event's pages. Each table ends
+//! with a checkpoint of its log.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;
@@ -85,6 +86,12 @@ pub async fn maintain(ws: &Workspace, options: &MaintainOptions) -> Result<Vec<M
             .await
             .map_err(|e| Error::delta(&name, e))?;
         table = vacuumed_table;
+        // Readers then open the table from one Parquet checkpoint instead of replaying every
+        // JSON commit since the last one (tables created before tribe set a checkpoint
+        // interval of 10 get one only every 100 commits otherwise).
+        deltalake::checkpoints::create_checkpoint(&table, None)
+            .await
+            .map_err(|e| Error::delta(&name, e))?;
         reports.push(MaintainReport {
             table: name,
             files_before,

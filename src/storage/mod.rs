@@ -155,6 +155,7 @@ impl Storage {
             .with_table_name(spec.name.clone())
             .with_columns(schema.fields().cloned())
             .with_partition_columns(spec.partition_columns.clone())
+            .with_configuration(TABLE_PROPERTIES.map(|(k, v)| (k, Some(v))))
             .with_save_mode(SaveMode::Ignore)
             .await;
         if let Err(e) = created {
@@ -272,6 +273,7 @@ impl Storage {
             .write(batches)
             .with_table_name(spec.name.clone())
             .with_writer_properties(writer_properties(&spec.name))
+            .with_configuration(TABLE_PROPERTIES.map(|(k, v)| (k, Some(v))))
             .with_partition_columns(spec.partition_columns.clone());
         builder = match mode {
             WriteMode::Append => builder.with_save_mode(SaveMode::Append),
@@ -318,6 +320,13 @@ impl Storage {
         Ok(())
     }
 }
+
+/// Delta properties of every table tribe creates. A checkpoint every 10 commits instead of
+/// Delta's default 100: opening a table replays the JSON commits since its last checkpoint,
+/// and each daily ingest of `events` commits about 1 MB of file statistics, so at 100 commits
+/// opening `events` parsed tens of megabytes (0.3 s of an incremental resolve after 28
+/// commits, 0.14 s from a checkpoint).
+pub const TABLE_PROPERTIES: [(&str, &str); 1] = [("delta.checkpointInterval", "10")];
 
 /// How [`Storage::write`] treats the rows already in a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
