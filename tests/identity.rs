@@ -811,3 +811,99 @@ fn events_from_before_route_keys_still_find_their_profiles() {
         60
     );
 }
+
+/// The identity scan groups events itself (by route key, source and, for the few events that
+/// say more than their ids, their traits, previous id and identifying context): it must give
+/// exactly the sightings a SQL `GROUP BY` of those columns gives. On demo data (web, app,
+/// e-mail with `context.traits`, shop orders with neither user nor anonymous id) plus a group
+/// event with traits, empty traits, an alias and `context.externalIds`.
+#[test]
+fn the_event_scan_groups_events_as_a_sql_group_by_does() {
+    use tribe::identity::sightings::{Kind, Sighting, ints, strings};
+    let (_tmp, dir) = common::demo(300, 3);
+    let ts = "2026-05-02T10:00:00Z";
+    ingest(
+        &dir,
+        "extra.jsonl",
+        &[
+            r#"{"type":"group","messageId":"x1","userId":"u-x","groupId":"g1","traits":{"name":"Acme"},"timestamp":"2026-05-02T10:00:00Z"}"#.to_string(),
+            identify("x2", Some("u-x"), Some("a-x"), ts, "{}"),
+            identify("x3", Some("u-x"), Some("a-x"), "2026-05-03T10:00:00Z", "{}"),
+            identify("x4", Some("u-x"), Some("a-x"), ts, r#"{"email":"x@example.com"}"#),
+            r#"{"type":"alias","messageId":"x5","userId":"u-x","previousId":"a-old","timestamp":"2026-05-02T10:00:00Z"}"#.to_string(),
+            r#"{"type":"track","messageId":"x6","event":"Signed Up","anonymousId":"a-x","context":{"externalIds":[{"type":"crm_id","id":"C-1","collection":"users"}]},"timestamp":"2026-05-02T11:00:00Z"}"#.to_string(),
+            page("x7", "a-x", ts),
+        ],
+    );
+    let key = |s: &Sighting| format!("{s:?}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (mut ours, mut reference) = runtime.block_on(async {
+        let ws = tribe::workspace::Workspace::open(&dir).unwrap();
+        let spec = tribe::storage::schema::events(&ws.config);
+        let table = ws.storage.open(&spec).await.unwrap().unwrap();
+        let ctx = tribe::sql::new_context(1024).unwrap();
+        let ours = tribe::identity::scan::scan_events(&ctx, &table, None)
+            .await
+            .unwrap();
+        let batches = ctx
+            .sql(
+                r#"select user_id, anonymous_id, previous_id, route_id,
+                      case when type <> 'group' and traits <> '{}' then traits end,
+                      case when context like '%"traits"%' or context like '%"externalIds"%' then context end,
+                      source, min(timestamp), max(timestamp), count(*)
+                   from src_events group by 1, 2, 3, 4, 5, 6, 7"#,
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut reference = Vec::new();
+        for b in &batches {
+            let s: Vec<_> = (0..7).map(|i| strings(b.column(i)).unwrap()).collect();
+            let n: Vec<_> = (7..10).map(|i| ints(b.column(i)).unwrap()).collect();
+            for row in 0..b.num_rows() {
+                use arrow::array::Array;
+                let get = |i: usize| (!s[i].is_null(row)).then(|| s[i].value(row).to_string());
+                let (context_traits, external_ids) = get(5)
+                    .map(|c| tribe::identity::scan::identifying_context(&c))
+                    .unwrap_or_default();
+                reference.push(Sighting {
+                    kind: Kind::Event,
+                    source: s[6].value(row).to_string(),
+                    user_id: get(0),
+                    anonymous_id: get(1),
+                    previous_id: get(2),
+                    message_id: get(3),
+                    external_ids,
+                    traits: get(4),
+                    context_traits,
+                    consent: None,
+                    first_seen: n[0].value(row),
+                    last_seen: n[1].value(row),
+                    count: n[2].value(row),
+                });
+            }
+        }
+        (ours, reference)
+    });
+    ours.sort_by_cached_key(key);
+    reference.sort_by_cached_key(key);
+    assert!(reference.len() > 1000, "{} sightings", reference.len());
+    for wanted in [
+        "external_ids: [(\"crm_id\", \"C-1\")]",
+        "previous_id: Some(\"a-old\")",
+        "x@example.com",
+    ] {
+        assert!(ours.iter().any(|s| key(s).contains(wanted)), "{wanted}");
+    }
+    // The two identifies with `{}` traits are one sighting of two events, without traits.
+    assert!(ours.iter().any(|s| s.user_id.as_deref() == Some("u-x")
+        && s.anonymous_id.as_deref() == Some("a-x")
+        && s.traits.is_none()
+        && s.count == 2));
+    assert_eq!(ours.len(), reference.len());
+    for (a, b) in ours.iter().zip(&reference) {
+        assert_eq!(a, b);
+    }
+}

@@ -16,6 +16,7 @@ pub mod incremental;
 pub mod normalize;
 pub mod profiles;
 pub mod runs;
+pub mod scan;
 pub mod show;
 pub mod sightings;
 pub mod tables;
@@ -192,7 +193,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     let mut new: Vec<Sighting> = Vec::new();
     for ((name, table), files) in sources.iter().zip(new_files) {
         if name == schema::EVENTS {
-            new.extend(sightings::scan_events(&ctx, table, files).await?);
+            new.extend(scan::scan_events(&ctx, table, files).await?);
         } else if name == crate::privacy::consent::TABLE {
             new.extend(crate::privacy::consent::scan(&ctx, table, files).await?);
         } else {
