@@ -1,7 +1,8 @@
 //! Sightings: what the sources say about who is who. A sighting is one distinct combination of
 //! identifiers (and traits) seen together, with when and how often. They are extracted from
-//! events and record tables by SQL, stored in the `identity_links` table, and every resolve
-//! run rebuilds profiles from them, so rule changes apply to everything seen so far.
+//! record tables by SQL here and from events by one grouping pass (`scan`), stored in the
+//! `identity_links` table, and every resolve run rebuilds profiles from them, so rule changes
+//! apply to everything seen so far.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
