@@ -65,8 +65,7 @@ pub async fn scan_events(
             Some(m) => m.absorb(groups),
         }
     }
-    let out = merged.map(Groups::into_sightings).unwrap_or_default();
-    Ok(out)
+    Ok(merged.map(Groups::into_sightings).unwrap_or_default())
 }
 
 /// Groups every event of one scan partition.
@@ -96,18 +95,41 @@ struct Texts {
     extra: Option<Extra>,
 }
 
+/// When a group's events were first and last seen, and how many there were.
+#[derive(Clone, Copy)]
+struct Seen {
+    first: i64,
+    last: i64,
+    count: i64,
+}
+
+impl Seen {
+    fn at(at: i64) -> Seen {
+        Seen {
+            first: at,
+            last: at,
+            count: 1,
+        }
+    }
+
+    fn merge(&mut self, other: Seen) {
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+        self.count += other.count;
+    }
+}
+
 /// Events with the same route, source and extra: one sighting. Kept small (the texts live
 /// beside the table), so that a lookup touches one entry's memory for most events.
 struct Entry {
     hash: u64,
     route: (i64, i64),
     source: u16,
+    /// Whether the texts hold an extra: kept here so that plain lookups never read the texts.
     has_extra: bool,
     /// Index of the group's texts in its shard.
     texts: u32,
-    first_seen: i64,
-    last_seen: i64,
-    count: i64,
+    seen: Seen,
 }
 
 /// Groups are spread over shards by hash, so that the groups of two scan partitions merge
@@ -147,9 +169,7 @@ struct Run {
     row: usize,
     route: (i64, i64),
     source: u16,
-    first_seen: i64,
-    last_seen: i64,
-    count: i64,
+    seen: Seen,
 }
 
 /// One row's borrowed key parts.
@@ -189,16 +209,15 @@ impl Extra {
 }
 
 impl Shard {
-    /// Counts `count` events of `key` seen from `first` to `last` (`seen`); `texts` makes the
-    /// group's texts when it is new.
-    fn add(
-        &mut self,
-        hash: u64,
-        key: &RowKey,
-        seen: (i64, i64, i64),
-        texts: impl FnOnce() -> Texts,
-    ) {
-        let (first, last, count) = seen;
+    /// Counts `seen` into the group of `key`; `texts` makes the group's texts when it is new.
+    fn add(&mut self, hash: u64, key: &RowKey, seen: Seen, texts: impl FnOnce() -> Texts) {
+        if !self.count(hash, key, seen) {
+            self.insert(hash, key.route, key.source, seen, texts());
+        }
+    }
+
+    /// Counts `seen` into the group of `key`, if it has one.
+    fn count(&mut self, hash: u64, key: &RowKey, seen: Seen) -> bool {
         let known = &self.texts;
         let found = self.table.find_mut(hash, |e| {
             e.hash == hash
@@ -209,67 +228,57 @@ impl Shard {
                     known[e.texts as usize].extra.as_ref().map(Extra::parts) == Some(parts)
                 })
         });
-        match found {
-            Some(e) => {
-                e.first_seen = e.first_seen.min(first);
-                e.last_seen = e.last_seen.max(last);
-                e.count += count;
-            }
-            None => {
-                self.texts.push(texts());
-                let entry = Entry {
-                    hash,
-                    route: key.route,
-                    source: key.source,
-                    has_extra: key.extra.is_some(),
-                    texts: (self.texts.len() - 1) as u32,
-                    first_seen: first,
-                    last_seen: last,
-                    count,
-                };
-                self.table.insert_unique(hash, entry, |e| e.hash);
-            }
-        }
+        found.map(|e| e.seen.merge(seen)).is_some()
+    }
+
+    fn insert(&mut self, hash: u64, route: (i64, i64), source: u16, seen: Seen, texts: Texts) {
+        let entry = Entry {
+            hash,
+            route,
+            source,
+            has_extra: texts.extra.is_some(),
+            texts: self.texts.len() as u32,
+            seen,
+        };
+        self.texts.push(texts);
+        self.table.insert_unique(hash, entry, |e| e.hash);
     }
 
     /// Adds the groups of the same shard of another partition, whose sources `remap` maps
     /// to this one's.
     fn absorb(&mut self, other: Shard, remap: &[u16]) {
         let mut other_texts: Vec<Option<Texts>> = other.texts.into_iter().map(Some).collect();
-        for mut e in other.table {
-            e.source = remap[e.source as usize];
+        for e in other.table {
             let texts = other_texts[e.texts as usize]
                 .take()
                 .expect("one entry per texts");
-            let parts = texts.extra.as_ref().map(Extra::parts);
+            let source = remap[e.source as usize];
             // The hash covers the source index, which may differ between partitions.
-            e.hash = RowKey {
+            let key = RowKey {
                 route: e.route,
-                source: e.source,
-                extra: parts,
-            }
-            .hash();
-            let known = &self.texts;
-            let found = self.table.find_mut(e.hash, |h| {
-                h.hash == e.hash
-                    && h.route == e.route
-                    && h.source == e.source
-                    && h.has_extra == e.has_extra
-                    && known[h.texts as usize].extra == texts.extra
-            });
-            match found {
-                Some(h) => {
-                    h.first_seen = h.first_seen.min(e.first_seen);
-                    h.last_seen = h.last_seen.max(e.last_seen);
-                    h.count += e.count;
-                }
-                None => {
-                    self.texts.push(texts);
-                    e.texts = (self.texts.len() - 1) as u32;
-                    self.table.insert_unique(e.hash, e, |h| h.hash);
-                }
+                source,
+                extra: texts.extra.as_ref().map(Extra::parts),
+            };
+            let hash = key.hash();
+            if !self.count(hash, &key, e.seen) {
+                self.insert(hash, e.route, source, e.seen, texts);
             }
         }
+    }
+}
+
+/// A new group's texts: its user, anonymous and route ids, and its extra.
+fn texts(ids: [Option<&str>; 3], extra: Option<[Option<&str>; 3]>) -> Texts {
+    let own = |s: Option<&str>| s.map(Box::from);
+    Texts {
+        user_id: own(ids[0]),
+        anonymous_id: own(ids[1]),
+        route_id: own(ids[2]),
+        extra: extra.map(|[previous_id, traits, context]| Extra {
+            previous_id: own(previous_id),
+            traits: own(traits),
+            context: own(context),
+        }),
     }
 }
 
@@ -353,14 +362,17 @@ impl Groups {
         // rows with the same plain key is counted here and added to its group once, which
         // spares the table lookup (a cache miss) for most rows.
         let mut run: Option<Run> = None;
+        // The ids are read only where needed: for most rows the route key stands for them.
+        let ids = |row: usize| [get(user, row), get(anon, row), get(route_id, row)];
         for row in 0..batch.num_rows() {
-            let (user_id, anonymous_id, route) =
-                (get(user, row), get(anon, row), get(route_id, row));
             let route_key = match &keys {
                 Some((hi, lo)) if !hi.is_null(row) && !lo.is_null(row) => {
                     (hi.value(row), lo.value(row))
                 }
-                _ => schema::route_key(user_id, anonymous_id, route),
+                _ => {
+                    let [user_id, anonymous_id, route] = ids(row);
+                    schema::route_key(user_id, anonymous_id, route)
+                }
             };
             let source_id = last_source.get(source, row, |name| self.source_index(name));
             // Group events' traits describe the group, not the person.
@@ -371,7 +383,7 @@ impl Groups {
                 });
             let context = identifies.then(|| context.value(row));
             let previous_id = get(previous, row);
-            let at = time.value(row);
+            let seen = Seen::at(time.value(row));
             let extra = (previous_id.is_some() || traits.is_some() || context.is_some())
                 .then_some([previous_id, traits, context]);
             if extra.is_none() {
@@ -379,22 +391,18 @@ impl Groups {
                     && r.route == route_key
                     && r.source == source_id
                 {
-                    r.first_seen = r.first_seen.min(at);
-                    r.last_seen = r.last_seen.max(at);
-                    r.count += 1;
+                    r.seen.merge(seen);
                     continue;
                 }
-                if let Some(r) = run.take() {
-                    self.add_run(&r, [user, anon, route_id]);
-                }
-                run = Some(Run {
+                let next = Run {
                     row,
                     route: route_key,
                     source: source_id,
-                    first_seen: at,
-                    last_seen: at,
-                    count: 1,
-                });
+                    seen,
+                };
+                if let Some(r) = run.replace(next) {
+                    self.add_run(&r, ids);
+                }
                 continue;
             }
             let key = RowKey {
@@ -403,42 +411,24 @@ impl Groups {
                 extra,
             };
             let hash = key.hash();
-            let own = |s: Option<&str>| s.map(Box::from);
-            let seen = (at, at, 1);
-            self.shards[shard_of(hash)].add(hash, &key, seen, || Texts {
-                user_id: own(user_id),
-                anonymous_id: own(anonymous_id),
-                route_id: own(route),
-                extra: key.extra.map(|[previous_id, traits, context]| Extra {
-                    previous_id: own(previous_id),
-                    traits: own(traits),
-                    context: own(context),
-                }),
-            });
+            self.shards[shard_of(hash)].add(hash, &key, seen, || texts(ids(row), extra));
         }
-        if let Some(r) = run.take() {
-            self.add_run(&r, [user, anon, route_id]);
+        if let Some(r) = run {
+            self.add_run(&r, ids);
         }
         Ok(())
     }
 
-    /// Adds a run of plain rows to its group; `ids` are the batch's user, anonymous and route
-    /// id columns, read at the run's first row when the group is new.
-    fn add_run(&mut self, r: &Run, ids: [&StringViewArray; 3]) {
+    /// Adds a run of plain rows to its group; `ids` reads the batch's user, anonymous and
+    /// route ids of a row, taken at the run's first row when the group is new.
+    fn add_run<'a>(&mut self, r: &Run, ids: impl Fn(usize) -> [Option<&'a str>; 3]) {
         let key = RowKey {
             route: r.route,
             source: r.source,
             extra: None,
         };
         let hash = key.hash();
-        let own = |col: &StringViewArray| get(col, r.row).map(Box::from);
-        let seen = (r.first_seen, r.last_seen, r.count);
-        self.shards[shard_of(hash)].add(hash, &key, seen, || Texts {
-            user_id: own(ids[0]),
-            anonymous_id: own(ids[1]),
-            route_id: own(ids[2]),
-            extra: None,
-        });
+        self.shards[shard_of(hash)].add(hash, &key, r.seen, || texts(ids(r.row), None));
     }
 
     /// Adds the groups of another partition, shard by shard on every core.
@@ -459,8 +449,7 @@ impl Groups {
             .into_par_iter()
             .flat_map_iter(|shard| {
                 let mut texts: Vec<Option<Texts>> = shard.texts.into_iter().map(Some).collect();
-                let entries: Vec<Entry> = shard.table.into_iter().collect();
-                entries.into_iter().map(move |e| {
+                shard.table.into_iter().map(move |e| {
                     let t = texts[e.texts as usize].take().expect("one entry per texts");
                     sighting(&sources[e.source as usize], t, &e)
                 })
@@ -490,9 +479,9 @@ fn sighting(source: &str, t: Texts, e: &Entry) -> Sighting {
         traits: traits.map(String::from),
         context_traits,
         consent: None,
-        first_seen: e.first_seen,
-        last_seen: e.last_seen,
-        count: e.count,
+        first_seen: e.seen.first,
+        last_seen: e.seen.last,
+        count: e.seen.count,
     }
 }
 
