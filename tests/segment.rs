@@ -97,6 +97,21 @@ fn run_in_tribe(
                 ids.extend(col.iter().flatten().map(String::from));
             }
             ids.sort();
+            // The members query starts from what the condition cannot do without; the plain
+            // form reads every profile. Both select the same people.
+            let plain = c.members_from_profiles().to_string();
+            let mut plain_ids = Vec::new();
+            for b in seg.ctx.sql(&plain).await.unwrap().collect().await.unwrap() {
+                let col =
+                    arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+                let col = arrow::array::AsArray::as_string::<i32>(&col).clone();
+                plain_ids.extend(col.iter().flatten().map(String::from));
+            }
+            plain_ids.sort();
+            assert_eq!(
+                ids, plain_ids,
+                "{name}: members differ from the plain form {plain}"
+            );
             members.insert(name.clone(), ids);
             let d = seg.compile(name, at, Dialect::Duckdb).unwrap();
             duck.insert(name.clone(), d.members().to_string());

@@ -67,6 +67,9 @@ pub struct Catalog {
     pub event_names: BTreeSet<String>,
     /// Names of page and screen views, by type.
     pub view_names: BTreeMap<String, BTreeSet<String>>,
+    /// Whether `profile_events` joins `events` to `profile_routes` on route keys
+    /// (`crate::sql::joins_on_route_keys`), which segments may then join themselves.
+    pub route_keys: bool,
 }
 
 /// Columns of `traits` that identify a row rather than hold a trait.
@@ -103,6 +106,9 @@ impl Catalog {
         }
         cat.event_names
             .extend(ws.config.segments.events.iter().cloned());
+        cat.route_keys = ctx.table_exist("events")?
+            && ctx.table_exist("profile_routes")?
+            && crate::sql::joins_on_route_keys(ctx).await?;
         Ok(cat)
     }
 }

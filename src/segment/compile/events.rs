@@ -215,16 +215,21 @@ impl Compiler<'_> {
     pub(super) fn add_agg(
         &mut self,
         agg: Expr,
+        split: Option<(Expr, Merge)>,
         cond: &Expr,
         lower: Option<DateTime<Utc>>,
         upper: DateTime<Utc>,
     ) -> Expr {
         self.agg_conditions.push(cond.clone());
         let key = agg.to_string();
-        let i = match self.aggs.iter().position(|(k, _)| *k == key) {
+        let i = match self.aggs.iter().position(|a| a.key == key) {
             Some(i) => i,
             None => {
-                self.aggs.push((key, agg));
+                self.aggs.push(Agg {
+                    key,
+                    expr: agg,
+                    split,
+                });
                 self.agg_lower = match (self.agg_lower, lower) {
                     (Some(a), Some(b)) if self.aggs.len() > 1 => Some(a.min(b)),
                     (_, b) if self.aggs.len() == 1 => b,
@@ -265,7 +270,7 @@ impl Compiler<'_> {
                 } else {
                     self.filtered("count", one, cond.clone())
                 };
-                let a = zero(self.add_agg(f, &cond, lower, upper));
+                let a = zero(self.add_agg(f.clone(), Some((f, Merge::Sum)), &cond, lower, upper));
                 match agg.kind {
                     AggKind::Count => (a, Ty::Number),
                     AggKind::Exists => (sql::expr("__0 > 0", &[a]), Ty::Bool),
@@ -295,7 +300,8 @@ impl Compiler<'_> {
                 // between runs and engines (299.99999999999994 or 300.0); rounding to 6 decimal
                 // places makes results reproducible and the same everywhere.
                 let raw = self.filtered(f, x, cond.clone());
-                let a = self.add_agg(self.round6(raw), &cond, lower, upper);
+                let split = (agg.kind == AggKind::Sum).then(|| (raw.clone(), Merge::RoundedSum));
+                let a = self.add_agg(self.round6(raw), split, &cond, lower, upper);
                 if agg.kind == AggKind::Sum {
                     (zero(a), Ty::Number)
                 } else {
@@ -308,7 +314,13 @@ impl Compiler<'_> {
                 } else {
                     "max"
                 };
-                let a = self.add_agg(self.filtered(f, prop?, cond.clone()), &cond, lower, upper);
+                let e = self.filtered(f, prop?, cond.clone());
+                let merge = if agg.kind == AggKind::Min {
+                    Merge::Min
+                } else {
+                    Merge::Max
+                };
+                let a = self.add_agg(e.clone(), Some((e, merge)), &cond, lower, upper);
                 (a, pty)
             }
             AggKind::CountDistinct => {
@@ -316,7 +328,7 @@ impl Compiler<'_> {
                 // count with one hash set per group, and one such aggregate would take the
                 // whole single-pass aggregation off its vectorised path.
                 let x = prop?;
-                let filter = self.scan_filter(vec![cond], lower, upper);
+                let filter = self.scan_filter(vec![cond], lower, upper, true);
                 let q = sql::query(
                     "SELECT profile_id, count(*) AS n FROM (SELECT DISTINCT profile_id, __0 AS v \
                      FROM profile_events WHERE __1 AND __0 IS NOT NULL) AS d GROUP BY profile_id",
@@ -375,7 +387,7 @@ impl Compiler<'_> {
                     }
                 };
                 (
-                    self.add_agg(sql::expr_in(d, t, &args), &cond, lower, upper),
+                    self.add_agg(sql::expr_in(d, t, &args), None, &cond, lower, upper),
                     pty,
                 )
             }
@@ -384,13 +396,21 @@ impl Compiler<'_> {
 
     /// The one aggregation over `profile_events` that computes every aggregate.
     pub(super) fn aggregation_query(&self) -> Query {
+        if let Some(q) = self.aggregation_by_route() {
+            return q;
+        }
         let mut projection = String::new();
         for i in 0..self.aggs.len() {
             projection.push_str(&format!(", __{} AS a{i}", i + 1));
         }
-        let mut args =
-            vec![self.scan_filter(self.agg_conditions.clone(), self.agg_lower, self.agg_upper)];
-        args.extend(self.aggs.iter().map(|(_, e)| e.clone()));
+        let filter = self.scan_filter(
+            self.agg_conditions.clone(),
+            self.agg_lower,
+            self.agg_upper,
+            true,
+        );
+        let mut args = vec![filter];
+        args.extend(self.aggs.iter().map(|a| a.expr.clone()));
         sql::query(
             &format!(
                 "SELECT profile_id{projection} FROM profile_events WHERE __0 GROUP BY profile_id"
@@ -399,17 +419,68 @@ impl Compiler<'_> {
         )
     }
 
-    /// What a scan of `profile_events` keeps: rows with a profile that some condition wants,
-    /// in the days between `lower` and `upper` (the partition column prunes whole days).
+    /// The aggregation in two steps where events carry route keys and every aggregate
+    /// splits: first per route over `events` alone, grouped by the two integer keys, then the
+    /// routes' values combined per profile after joining `profile_routes`. The join then sees
+    /// one row per route instead of one per event, and the grouping by the text profile id
+    /// (the costly one) as many rows: at 1M people window_shoppers joins 1.3M rows, not 3.7M.
+    fn aggregation_by_route(&self) -> Option<Query> {
+        if !self.cat.route_keys {
+            return None;
+        }
+        let splits: Vec<&(Expr, Merge)> = self
+            .aggs
+            .iter()
+            .map(|a| a.split.as_ref())
+            .collect::<Option<_>>()?;
+        let mut partials = String::new();
+        let mut finals = String::new();
+        let mut args = vec![self.scan_filter(
+            self.agg_conditions.clone(),
+            self.agg_lower,
+            self.agg_upper,
+            false,
+        )];
+        for (i, (partial, merge)) in splits.into_iter().enumerate() {
+            args.push(partial.clone());
+            partials.push_str(&format!(", __{} AS p{i}", args.len() - 1));
+            let part = sql::expr(&format!("x.p{i}"), &[]);
+            let combined = match merge {
+                Merge::Sum => sql::expr("sum(__0)", &[part]),
+                Merge::RoundedSum => self.round6(sql::expr("sum(__0)", &[part])),
+                Merge::Min => sql::expr("min(__0)", &[part]),
+                Merge::Max => sql::expr("max(__0)", &[part]),
+            };
+            args.push(combined);
+            finals.push_str(&format!(", __{} AS a{i}", args.len() - 1));
+        }
+        Some(sql::query(
+            &format!(
+                "SELECT r.profile_id{finals} FROM (SELECT route_hi, route_lo{partials} \
+                 FROM events WHERE __0 GROUP BY route_hi, route_lo) AS x \
+                 JOIN profile_routes AS r ON r.route_hi = x.route_hi AND r.route_lo = x.route_lo \
+                 WHERE r.profile_id IS NOT NULL GROUP BY r.profile_id"
+            ),
+            &args,
+        ))
+    }
+
+    /// What a scan of events keeps: rows that some condition wants, in the days between
+    /// `lower` and `upper` (the partition column prunes whole days), and with a profile when
+    /// `profiled` (a scan of `profile_events`).
     pub(super) fn scan_filter(
         &self,
         conditions: Vec<Expr>,
         lower: Option<DateTime<Utc>>,
         upper: DateTime<Utc>,
+        profiled: bool,
     ) -> Expr {
         let d = self.d;
         let day = sql::col("day", d);
-        let mut parts = vec![sql::expr("profile_id IS NOT NULL", &[])];
+        let mut parts = Vec::new();
+        if profiled {
+            parts.push(sql::expr("profile_id IS NOT NULL", &[]));
+        }
         if let Some(lo) = lower {
             parts.push(sql::expr("__0 >= __1", &[day.clone(), sql::date(lo)]));
         }

@@ -144,7 +144,8 @@ impl Compiler<'_> {
                 let (cond, lower, upper) = self.selection(selector, window.as_ref())?;
                 let ts = sql::col("timestamp", d);
                 let agg = self.filtered(if *first { "min" } else { "max" }, ts, cond.clone());
-                let a = self.add_agg(agg, &cond, lower, upper);
+                let merge = if *first { Merge::Min } else { Merge::Max };
+                let a = self.add_agg(agg.clone(), Some((agg, merge)), &cond, lower, upper);
                 Some((self.days_since(a), Ty::Number))
             }
             ExprKind::Seq(steps) => {

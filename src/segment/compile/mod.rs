@@ -8,7 +8,12 @@
 //! `day` partition), with one derived table per sequence (`q0`, …) and per referenced segment
 //! (`s0`, …). Windows are resolved against the as-of time at compile time, so they become
 //! constant timestamps that prune files and partitions.
+//!
+//! `members` refines that shape: the aggregation goes per route key, then per profile, where
+//! events carry route keys (`events::aggregation_by_route`), and the query starts from a
+//! derived table the condition cannot do without (`drive`) instead of from every profile.
 
+mod drive;
 mod events;
 mod expr;
 mod functions;
@@ -51,9 +56,30 @@ pub struct Compiled {
 pub type Errors = Vec<(usize, Diagnostic)>;
 
 impl Compiled {
-    /// The query returning the member profile ids.
+    /// The query returning the member profile ids. It starts from a derived table the
+    /// condition cannot do without (`drive`), when there is one, and reads `profiles` only
+    /// when the condition needs a profile field: a segment over events then never touches the
+    /// people who have none of them.
     pub fn members(&self) -> Query {
-        let mut q = self.base("SELECT p.profile_id FROM profiles AS p");
+        let required: Vec<&str> = self
+            .joins
+            .iter()
+            .map(|(alias, _)| alias.as_str())
+            .filter(|alias| drive::required(&self.condition, alias))
+            .collect();
+        let from = match required.first() {
+            Some(alias) if !drive::references(&self.condition, "p") => alias,
+            _ => "p",
+        };
+        let mut q = self.base(from, &required);
+        sql::select_mut(&mut q).selection = Some(self.condition.clone());
+        q
+    }
+
+    /// The same members as `members`, in the plain shape it improves on: every profile, each
+    /// derived table left-joined. Tests check the two agree.
+    pub fn members_from_profiles(&self) -> Query {
+        let mut q = self.base("p", &[]);
         sql::select_mut(&mut q).selection = Some(self.condition.clone());
         q
     }
@@ -61,7 +87,7 @@ impl Compiled {
     /// The query returning, for one profile, each leaf's value and result and membership.
     pub fn why(&self, profile_id: &str) -> Query {
         let d = self.dialect;
-        let mut q = self.base("SELECT p.profile_id FROM profiles AS p");
+        let mut q = self.base("p", &[]);
         let select = sql::select_mut(&mut q);
         select.projection.push(sql::item(
             sql::expr(
@@ -88,37 +114,58 @@ impl Compiled {
         q
     }
 
-    fn base(&self, template: &str) -> Query {
+    /// `SELECT <from>.profile_id FROM …` with every other table joined on the profile id:
+    /// `from` is `p` (profiles) or the alias of a derived table, and the `required` derived
+    /// tables are inner joins, the others left joins.
+    fn base(&self, from: &str, required: &[&str]) -> Query {
+        let template = if from == "p" {
+            "SELECT p.profile_id FROM profiles AS p".to_string()
+        } else {
+            format!("SELECT {from}.profile_id FROM sub_{from} AS {from}")
+        };
         let mut joins = String::new();
         if self.uses_traits {
-            joins.push_str(" LEFT JOIN traits AS t ON t.profile_id = p.profile_id");
-        }
-        for (alias, _) in &self.joins {
             joins.push_str(&format!(
-                " LEFT JOIN sub_{alias} AS {alias} ON {alias}.profile_id = p.profile_id"
+                " LEFT JOIN traits AS t ON t.profile_id = {from}.profile_id"
+            ));
+        }
+        for (alias, _) in self.joins.iter().filter(|(a, _)| a != from) {
+            let kind = if required.contains(&alias.as_str()) {
+                "JOIN"
+            } else {
+                "LEFT JOIN"
+            };
+            joins.push_str(&format!(
+                " {kind} sub_{alias} AS {alias} ON {alias}.profile_id = {from}.profile_id"
             ));
         }
         let mut q = sql::query(&format!("{template}{joins}"), &[]);
-        let select = sql::select_mut(&mut q);
-        for join in &mut select.from[0].joins {
-            let TableFactor::Table { name, alias, .. } = &join.relation else {
-                continue;
-            };
-            let Some((_, sub)) = self
-                .joins
-                .iter()
-                .find(|(a, _)| name.to_string() == format!("sub_{a}"))
-            else {
-                continue;
-            };
-            join.relation = TableFactor::Derived {
-                lateral: false,
-                subquery: Box::new(sub.clone()),
-                alias: alias.clone(),
-                sample: None,
-            };
+        let from = &mut sql::select_mut(&mut q).from[0];
+        self.derive(&mut from.relation);
+        for join in &mut from.joins {
+            self.derive(&mut join.relation);
         }
         q
+    }
+
+    /// Puts the derived table's query where the template names it `sub_<alias>`.
+    fn derive(&self, relation: &mut TableFactor) {
+        let TableFactor::Table { name, alias, .. } = relation else {
+            return;
+        };
+        let Some((_, sub)) = self
+            .joins
+            .iter()
+            .find(|(a, _)| name.to_string() == format!("sub_{a}"))
+        else {
+            return;
+        };
+        *relation = TableFactor::Derived {
+            lateral: false,
+            subquery: Box::new(sub.clone()),
+            alias: alias.clone(),
+            sample: None,
+        };
     }
 }
 
@@ -213,8 +260,8 @@ struct Compiler<'a> {
     file: usize,
     stack: &'a mut Vec<String>,
     errors: Errors,
-    /// Aggregates of the single pass over events: (dedupe key, SQL).
-    aggs: Vec<(String, Expr)>,
+    /// Aggregates of the single pass over events.
+    aggs: Vec<Agg>,
     /// What each aggregate needs, OR-ed into the scan's filter.
     agg_conditions: Vec<Expr>,
     /// Earliest and latest instants any aggregate reads (None: unbounded).
@@ -230,6 +277,28 @@ struct Compiler<'a> {
 }
 
 type Typed = Option<(Expr, Ty)>;
+
+/// One aggregate of the single pass over events.
+struct Agg {
+    /// The SQL text, which finds an aggregate used twice.
+    key: String,
+    /// The aggregate over a profile's rows of `profile_events`.
+    expr: Expr,
+    /// The same aggregate over the rows of one route (a user id and anonymous id pair) and how
+    /// the values of a profile's routes combine into the profile's; None when it does not
+    /// split (ordered `first`/`last`, `avg`).
+    split: Option<(Expr, Merge)>,
+}
+
+/// How per-route values of an aggregate combine into a profile's.
+#[derive(Clone, Copy)]
+enum Merge {
+    Sum,
+    /// A sum rounded to 6 decimal places once combined (see `aggregate`).
+    RoundedSum,
+    Min,
+    Max,
+}
 
 impl<'a> Compiler<'a> {
     fn new(

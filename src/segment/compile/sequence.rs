@@ -23,7 +23,7 @@ impl Compiler<'_> {
         for (i, (cond, lower, upper)) in conds.into_iter().enumerate() {
             // Later steps come after the first, so the first step's lower bound prunes them too.
             let lower = lower.or(on_first_lower).max(on_first_lower);
-            let filter = self.scan_filter(vec![cond], lower, upper);
+            let filter = self.scan_filter(vec![cond], lower, upper, true);
             args.push(filter);
             let f = args.len() - 1;
             let sub =
