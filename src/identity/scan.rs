@@ -157,11 +157,14 @@ impl Default for Groups {
     }
 }
 
-/// The shard of a hash, from bits the tables themselves do not use: hashbrown places an
+/// The shard of a group, from bits the tables themselves do not use: hashbrown places an
 /// entry by the low bits and tags it with the top seven, and a shard taken from the top bits
 /// left its tags nearly alike, so that most probes loaded a wrong entry (a cache miss) first.
-fn shard_of(hash: u64) -> usize {
-    (hash >> 48) as usize % SHARDS
+///
+/// Taken from the route key alone: the hash also covers the source's index, which differs
+/// between scan partitions, and two partitions' groups of one key must meet in one shard.
+fn shard_of(route: (i64, i64)) -> usize {
+    ((route.1 as u64) >> 48) as usize % SHARDS
 }
 
 /// Consecutive plain rows (no extra) of one route and source, from `row` on.
@@ -411,7 +414,7 @@ impl Groups {
                 extra,
             };
             let hash = key.hash();
-            self.shards[shard_of(hash)].add(hash, &key, seen, || texts(ids(row), extra));
+            self.shards[shard_of(key.route)].add(hash, &key, seen, || texts(ids(row), extra));
         }
         if let Some(r) = run {
             self.add_run(&r, ids);
@@ -428,7 +431,7 @@ impl Groups {
             extra: None,
         };
         let hash = key.hash();
-        self.shards[shard_of(hash)].add(hash, &key, r.seen, || texts(ids(r.row), None));
+        self.shards[shard_of(key.route)].add(hash, &key, r.seen, || texts(ids(r.row), None));
     }
 
     /// Adds the groups of another partition, shard by shard on every core.
