@@ -81,8 +81,11 @@ pub async fn define_profile_events(ctx: &SessionContext) -> Result<()> {
 }
 
 /// Whether `profile_events` can join on route keys: every file of `events` has them and the
-/// last resolve wrote them into `profile_routes`.
+/// last resolve wrote them into `profile_routes` (false while either table is missing).
 pub async fn joins_on_route_keys(ctx: &SessionContext) -> Result<bool> {
+    if !(ctx.table_exist("events")? && ctx.table_exist("profile_routes")?) {
+        return Ok(false);
+    }
     let events = ctx.table_provider("events").await?.schema();
     let routes = ctx.table_provider("profile_routes").await?.schema();
     Ok(schema::has_route_keys(&events) && routes.index_of(schema::ROUTE_LO).is_ok())

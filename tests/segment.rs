@@ -89,25 +89,12 @@ fn run_in_tribe(
                 .members(&c)
                 .await
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            let mut ids = Vec::new();
-            for b in batches {
-                let col =
-                    arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
-                let col = arrow::array::AsArray::as_string::<i32>(&col).clone();
-                ids.extend(col.iter().flatten().map(String::from));
-            }
-            ids.sort();
+            let ids = sorted_ids(&batches);
             // The members query starts from what the condition cannot do without; the plain
             // form reads every profile. Both select the same people.
             let plain = c.members_from_profiles().to_string();
-            let mut plain_ids = Vec::new();
-            for b in seg.ctx.sql(&plain).await.unwrap().collect().await.unwrap() {
-                let col =
-                    arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
-                let col = arrow::array::AsArray::as_string::<i32>(&col).clone();
-                plain_ids.extend(col.iter().flatten().map(String::from));
-            }
-            plain_ids.sort();
+            let plain_ids =
+                sorted_ids(&seg.ctx.sql(&plain).await.unwrap().collect().await.unwrap());
             assert_eq!(
                 ids, plain_ids,
                 "{name}: members differ from the plain form {plain}"
@@ -119,6 +106,18 @@ fn run_in_tribe(
         let by_key = tribe::sql::joins_on_route_keys(&seg.ctx).await.unwrap();
         (members, (duck, by_key))
     })
+}
+
+/// The first column of `batches` as sorted texts.
+fn sorted_ids(batches: &[arrow::array::RecordBatch]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for b in batches {
+        let col = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        let col = arrow::array::AsArray::as_string::<i32>(&col).clone();
+        ids.extend(col.iter().flatten().map(String::from));
+    }
+    ids.sort();
+    ids
 }
 
 /// Runs queries in DuckDB over the workspace's tables (read from their Delta logs).

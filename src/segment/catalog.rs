@@ -106,9 +106,7 @@ impl Catalog {
         }
         cat.event_names
             .extend(ws.config.segments.events.iter().cloned());
-        cat.route_keys = ctx.table_exist("events")?
-            && ctx.table_exist("profile_routes")?
-            && crate::sql::joins_on_route_keys(ctx).await?;
+        cat.route_keys = crate::sql::joins_on_route_keys(ctx).await?;
         Ok(cat)
     }
 }

@@ -214,22 +214,21 @@ impl Compiler<'_> {
     /// Adds an aggregate to the single pass over events (once), and returns its column.
     pub(super) fn add_agg(
         &mut self,
-        agg: Expr,
-        split: Option<(Expr, Merge)>,
+        expr: Expr,
+        merge: Merge,
         cond: &Expr,
         lower: Option<DateTime<Utc>>,
         upper: DateTime<Utc>,
     ) -> Expr {
         self.agg_conditions.push(cond.clone());
-        let key = agg.to_string();
-        let i = match self.aggs.iter().position(|a| a.key == key) {
+        let i = match self
+            .aggs
+            .iter()
+            .position(|a| a.merge == merge && a.expr == expr)
+        {
             Some(i) => i,
             None => {
-                self.aggs.push(Agg {
-                    key,
-                    expr: agg,
-                    split,
-                });
+                self.aggs.push(Agg { expr, merge });
                 self.agg_lower = match (self.agg_lower, lower) {
                     (Some(a), Some(b)) if self.aggs.len() > 1 => Some(a.min(b)),
                     (_, b) if self.aggs.len() == 1 => b,
@@ -270,7 +269,7 @@ impl Compiler<'_> {
                 } else {
                     self.filtered("count", one, cond.clone())
                 };
-                let a = zero(self.add_agg(f.clone(), Some((f, Merge::Sum)), &cond, lower, upper));
+                let a = zero(self.add_agg(f, Merge::Sum, &cond, lower, upper));
                 match agg.kind {
                     AggKind::Count => (a, Ty::Number),
                     AggKind::Exists => (sql::expr("__0 > 0", &[a]), Ty::Bool),
@@ -300,8 +299,11 @@ impl Compiler<'_> {
                 // between runs and engines (299.99999999999994 or 300.0); rounding to 6 decimal
                 // places makes results reproducible and the same everywhere.
                 let raw = self.filtered(f, x, cond.clone());
-                let split = (agg.kind == AggKind::Sum).then(|| (raw.clone(), Merge::RoundedSum));
-                let a = self.add_agg(self.round6(raw), split, &cond, lower, upper);
+                let a = if agg.kind == AggKind::Sum {
+                    self.add_agg(raw, Merge::RoundedSum, &cond, lower, upper)
+                } else {
+                    self.add_agg(self.round6(raw), Merge::Whole, &cond, lower, upper)
+                };
                 if agg.kind == AggKind::Sum {
                     (zero(a), Ty::Number)
                 } else {
@@ -320,7 +322,7 @@ impl Compiler<'_> {
                 } else {
                     Merge::Max
                 };
-                let a = self.add_agg(e.clone(), Some((e, merge)), &cond, lower, upper);
+                let a = self.add_agg(e, merge, &cond, lower, upper);
                 (a, pty)
             }
             AggKind::CountDistinct => {
@@ -387,7 +389,7 @@ impl Compiler<'_> {
                     }
                 };
                 (
-                    self.add_agg(sql::expr_in(d, t, &args), None, &cond, lower, upper),
+                    self.add_agg(sql::expr_in(d, t, &args), Merge::Whole, &cond, lower, upper),
                     pty,
                 )
             }
@@ -410,7 +412,7 @@ impl Compiler<'_> {
             true,
         );
         let mut args = vec![filter];
-        args.extend(self.aggs.iter().map(|a| a.expr.clone()));
+        args.extend(self.aggs.iter().map(|a| a.per_profile(self)));
         sql::query(
             &format!(
                 "SELECT profile_id{projection} FROM profile_events WHERE __0 GROUP BY profile_id"
@@ -428,10 +430,8 @@ impl Compiler<'_> {
         if !self.cat.route_keys {
             return None;
         }
-        let splits: Vec<&(Expr, Merge)> = self
-            .aggs
-            .iter()
-            .map(|a| a.split.as_ref())
+        let combined: Vec<Expr> = (self.aggs.iter().enumerate())
+            .map(|(i, a)| a.combined(self, &format!("p{i}")))
             .collect::<Option<_>>()?;
         let mut partials = String::new();
         let mut finals = String::new();
@@ -441,16 +441,9 @@ impl Compiler<'_> {
             self.agg_upper,
             false,
         )];
-        for (i, (partial, merge)) in splits.into_iter().enumerate() {
-            args.push(partial.clone());
+        for (i, (agg, combined)) in self.aggs.iter().zip(combined).enumerate() {
+            args.push(agg.expr.clone());
             partials.push_str(&format!(", __{} AS p{i}", args.len() - 1));
-            let part = sql::expr(&format!("x.p{i}"), &[]);
-            let combined = match merge {
-                Merge::Sum => sql::expr("sum(__0)", &[part]),
-                Merge::RoundedSum => self.round6(sql::expr("sum(__0)", &[part])),
-                Merge::Min => sql::expr("min(__0)", &[part]),
-                Merge::Max => sql::expr("max(__0)", &[part]),
-            };
             args.push(combined);
             finals.push_str(&format!(", __{} AS a{i}", args.len() - 1));
         }

@@ -145,7 +145,7 @@ impl Compiler<'_> {
                 let ts = sql::col("timestamp", d);
                 let agg = self.filtered(if *first { "min" } else { "max" }, ts, cond.clone());
                 let merge = if *first { Merge::Min } else { Merge::Max };
-                let a = self.add_agg(agg.clone(), Some((agg, merge)), &cond, lower, upper);
+                let a = self.add_agg(agg, merge, &cond, lower, upper);
                 Some((self.days_since(a), Ty::Number))
             }
             ExprKind::Seq(steps) => {

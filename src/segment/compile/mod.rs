@@ -278,26 +278,47 @@ struct Compiler<'a> {
 
 type Typed = Option<(Expr, Ty)>;
 
-/// One aggregate of the single pass over events.
+/// One aggregate of the single pass over events: an aggregate over rows (a profile's, or a
+/// route's, a user id and anonymous id pair), and how the values of a profile's routes combine
+/// into the profile's.
 struct Agg {
-    /// The SQL text, which finds an aggregate used twice.
-    key: String,
-    /// The aggregate over a profile's rows of `profile_events`.
     expr: Expr,
-    /// The same aggregate over the rows of one route (a user id and anonymous id pair) and how
-    /// the values of a profile's routes combine into the profile's; None when it does not
-    /// split (ordered `first`/`last`, `avg`).
-    split: Option<(Expr, Merge)>,
+    merge: Merge,
 }
 
 /// How per-route values of an aggregate combine into a profile's.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Merge {
     Sum,
-    /// A sum rounded to 6 decimal places once combined (see `aggregate`).
+    /// A sum, rounded to 6 decimal places once complete (see `aggregate`).
     RoundedSum,
     Min,
     Max,
+    /// They do not (ordered `first`/`last`, `avg`): only the aggregation over a profile's
+    /// rows computes it.
+    Whole,
+}
+
+impl Agg {
+    /// The aggregate over a profile's rows of `profile_events`.
+    fn per_profile(&self, c: &Compiler) -> Expr {
+        match self.merge {
+            Merge::RoundedSum => c.round6(self.expr.clone()),
+            _ => self.expr.clone(),
+        }
+    }
+
+    /// The profile's value from its routes' values in column `x.<column>`, if they combine.
+    fn combined(&self, c: &Compiler, column: &str) -> Option<Expr> {
+        let part = sql::expr(&format!("x.{column}"), &[]);
+        Some(match self.merge {
+            Merge::Sum => sql::expr("sum(__0)", &[part]),
+            Merge::RoundedSum => c.round6(sql::expr("sum(__0)", &[part])),
+            Merge::Min => sql::expr("min(__0)", &[part]),
+            Merge::Max => sql::expr("max(__0)", &[part]),
+            Merge::Whole => return None,
+        })
+    }
 }
 
 impl<'a> Compiler<'a> {
