@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashMapExt};
+use hashbrown::HashTable;
 
 use serde_json::{Map, Value};
 
@@ -42,8 +43,8 @@ pub struct Graph {
     pub sources: Vec<String>,
     /// Skipped raw values by (type, reason).
     pub skipped: BTreeMap<(String, Skip), u64>,
-    /// Per type, the node of each normalised value.
-    index: Vec<HashMap<Box<str>, u32>>,
+    /// The node of each (type, normalised value).
+    index: Index,
     priority: Vec<String>,
 }
 
@@ -59,7 +60,7 @@ impl Graph {
             keys: Vec::new(),
             sources: Vec::new(),
             skipped: BTreeMap::new(),
-            index: Vec::new(),
+            index: Index::new(),
             priority: config.priority.clone(),
         }
     }
@@ -76,14 +77,13 @@ impl Graph {
             .unwrap_or(self.priority.len());
         self.types.push(name.to_string());
         self.rank.push(rank as u16);
-        self.index.push(HashMap::new());
         (self.types.len() - 1) as u16
     }
 
     /// The node of a normalised identifier, if it is in the graph.
     pub fn find(&self, ty: &str, value: &str) -> Option<u32> {
-        let t = self.types.iter().position(|x| x == ty)?;
-        self.index[t].get(value).copied()
+        let t = self.types.iter().position(|x| x == ty)? as u16;
+        self.index.find(&self.nodes, t, value)
     }
 
     fn source_bit(&mut self, source: &str) -> u64 {
@@ -98,7 +98,7 @@ impl Graph {
     }
 
     fn node(&mut self, ty: u16, value: String, s: &Sighting, bit: u64) -> u32 {
-        if let Some(&id) = self.index[ty as usize].get(value.as_str()) {
+        if let Some(id) = self.index.find(&self.nodes, ty, &value) {
             let n = &mut self.nodes[id as usize];
             n.first_seen = n.first_seen.min(s.first_seen);
             n.last_seen = n.last_seen.max(s.last_seen);
@@ -106,15 +106,15 @@ impl Graph {
             return id;
         }
         let id = self.nodes.len() as u32;
-        let value = value.into_boxed_str();
+        let h = self.index.hash(ty, &value);
         self.nodes.push(Node {
             ty,
-            value: value.clone(),
+            value: value.into_boxed_str(),
             first_seen: s.first_seen,
             last_seen: s.last_seen,
             sources: bit,
         });
-        self.index[ty as usize].insert(value, id);
+        self.index.shards[shard_of(h)].insert_unique(h, (h, id), |&(h, _)| h);
         id
     }
 
@@ -136,8 +136,54 @@ impl Graph {
     }
 }
 
+/// Number of shards of the node index (a power of two): enough for every core to number
+/// identifiers on its own, few enough that each shard's table stays large.
+const SHARDS: usize = 64;
+
+fn shard_of(hash: u64) -> usize {
+    (hash >> (64 - SHARDS.trailing_zeros())) as usize
+}
+
+/// The node of each (type, value), sharded by hash. Entries hold their hash, so that a table
+/// grows without reading the nodes.
+struct Index {
+    state: foldhash::fast::FixedState,
+    shards: Vec<HashTable<(u64, u32)>>,
+}
+
+impl Index {
+    fn new() -> Index {
+        Index {
+            state: foldhash::fast::FixedState::with_seed(0x7269_6265),
+            shards: (0..SHARDS).map(|_| HashTable::new()).collect(),
+        }
+    }
+
+    fn hash(&self, ty: u16, value: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.state.hash_one((ty, value))
+    }
+
+    fn find(&self, nodes: &[Node], ty: u16, value: &str) -> Option<u32> {
+        let h = self.hash(ty, value);
+        self.shards[shard_of(h)]
+            .find(h, |&(_, n)| {
+                let node = &nodes[n as usize];
+                node.ty == ty && *node.value == *value
+            })
+            .map(|&(_, n)| n)
+    }
+}
+
 /// Builds the graph of `sightings`.
+///
+/// At a million people there are millions of sightings and identifiers, so every step runs on
+/// all cores: sightings are read (traits parsed, values normalised) in parallel; the
+/// identifiers are then numbered per shard of their hash, each shard on its own in sighting
+/// order, so the numbering is the same on every run; and each sighting's links are made in
+/// parallel chunks, concatenated in order.
 pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Normalisers) -> Graph {
+    use rayon::prelude::*;
     let mut g = Graph::new(config);
     for ty in &config.priority {
         g.type_index(ty);
@@ -145,55 +191,157 @@ pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Nor
     // The event keys are types whether or not the data has any.
     g.type_index("user_id");
     g.type_index("anonymous_id");
-    // Sized up front: at a million people these hold millions of entries.
-    g.owner.reserve_exact(sightings.len());
+    let reads: Vec<Read> = sightings
+        .par_iter()
+        .map(|s| read(s, config, normalisers))
+        .collect();
+
+    // Every usable identifier, flat: the ones of sighting `i` are `start[i]..start[i + 1]`.
+    let mut flat = Flat::default();
+    let mut start: Vec<u32> = Vec::with_capacity(sightings.len() + 1);
+    let mut bits: Vec<u64> = Vec::with_capacity(sightings.len());
     g.traits.reserve_exact(sightings.len());
-    g.keys.reserve_exact(sightings.len());
-    g.nodes.reserve(sightings.len());
-    g.links.reserve(sightings.len());
-    // Parsing traits and normalising values is most of the work and needs no graph: done on
-    // every core first, then the nodes are numbered in sighting order.
-    let reads: Vec<Read> = {
-        use rayon::prelude::*;
-        sightings
-            .par_iter()
-            .map(|s| read(s, config, normalisers))
-            .collect()
-    };
-    let mut aliases = Vec::new();
     for (i, (s, r)) in sightings.iter().zip(reads).enumerate() {
-        let bit = g.source_bit(&s.source);
-        let mut ids: Vec<u32> = Vec::with_capacity(r.ids.len());
-        let mut keys = (None, None);
+        start.push(flat.value.len() as u32);
+        bits.push(g.source_bit(&s.source));
         for (ty, value, key) in r.ids {
             match value {
                 Ok(v) => {
                     let t = g.type_index(ty);
-                    let id = g.node(t, v, s, bit);
-                    match key {
-                        Key::User => keys.0 = Some(id),
-                        Key::Anonymous => keys.1 = Some(id),
-                        Key::Other => {}
-                    }
-                    ids.push(id);
+                    flat.ty.push(t);
+                    flat.value.push(v);
+                    flat.key.push(key);
+                    flat.sighting.push(i as u32);
                 }
                 Err(reason) => *g.skipped.entry((ty.to_string(), reason)).or_default() += 1,
             }
         }
         g.traits.push(r.traits);
-        if s.previous_id.is_some() {
-            aliases.push((i, ids.clone()));
-        }
-        let owner = link_all(&mut g, &mut ids, s.first_seen);
-        g.owner.push(owner);
-        g.keys.push(keys);
     }
+    start.push(flat.value.len() as u32);
+    let hashes: Vec<u64> = (0..flat.value.len())
+        .into_par_iter()
+        .map(|p| g.index.hash(flat.ty[p], &flat.value[p]))
+        .collect();
+
+    // Numbering: which positions fall in each shard, in order (chunks of positions listed in
+    // parallel, then read chunk by chunk), then each shard numbers its own values.
+    const CHUNK: usize = 1 << 16;
+    let listed: Vec<Vec<Vec<u32>>> = hashes
+        .par_chunks(CHUNK)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let mut per_shard = vec![Vec::new(); SHARDS];
+            for (k, h) in chunk.iter().enumerate() {
+                per_shard[shard_of(*h)].push((c * CHUNK + k) as u32);
+            }
+            per_shard
+        })
+        .collect();
+    let shards: Vec<ShardNodes> = (0..SHARDS)
+        .into_par_iter()
+        .map(|shard| {
+            let mut out = ShardNodes::default();
+            for p in listed.iter().flat_map(|chunk| chunk[shard].iter()) {
+                let p = *p as usize;
+                let s = &sightings[flat.sighting[p] as usize];
+                let bit = bits[flat.sighting[p] as usize];
+                let (ty, value, h) = (flat.ty[p], flat.value[p].as_str(), hashes[p]);
+                let nodes = &mut out.nodes;
+                let local = match out.table.find(h, |&(_, n)| {
+                    nodes[n as usize].ty == ty && *nodes[n as usize].value == *value
+                }) {
+                    Some(&(_, n)) => {
+                        let node = &mut nodes[n as usize];
+                        node.first_seen = node.first_seen.min(s.first_seen);
+                        node.last_seen = node.last_seen.max(s.last_seen);
+                        node.sources |= bit;
+                        n
+                    }
+                    None => {
+                        let n = nodes.len() as u32;
+                        nodes.push(Node {
+                            ty,
+                            value: value.into(),
+                            first_seen: s.first_seen,
+                            last_seen: s.last_seen,
+                            sources: bit,
+                        });
+                        out.table.insert_unique(h, (h, n), |&(h, _)| h);
+                        n
+                    }
+                };
+                out.numbered.push(local);
+            }
+            out
+        })
+        .collect();
+    drop(hashes);
+    let mut node_of = vec![0u32; flat.value.len()];
+    let mut offset = 0u32;
+    g.nodes
+        .reserve_exact(shards.iter().map(|s| s.nodes.len()).sum());
+    for (shard, mut out) in shards.into_iter().enumerate() {
+        for (p, local) in listed
+            .iter()
+            .flat_map(|chunk| chunk[shard].iter())
+            .zip(&out.numbered)
+        {
+            node_of[*p as usize] = offset + local;
+        }
+        for entry in out.table.iter_mut() {
+            entry.1 += offset;
+        }
+        offset += out.nodes.len() as u32;
+        g.nodes.append(&mut out.nodes);
+        g.index.shards[shard] = out.table;
+    }
+    drop(listed);
+    drop(flat.value);
+
+    // Links, in parallel chunks of sightings.
+    let chunks: Vec<Linked> = (0..sightings.len().div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let chunk = c * CHUNK..((c + 1) * CHUNK).min(sightings.len());
+            let mut out = Linked::default();
+            let mut ids = Vec::new();
+            for i in chunk {
+                let range = start[i] as usize..start[i + 1] as usize;
+                let mut k = (None, None);
+                for p in range.clone() {
+                    match flat.key[p] {
+                        Key::User => k.0 = Some(node_of[p]),
+                        Key::Anonymous => k.1 = Some(node_of[p]),
+                        Key::Other => {}
+                    }
+                }
+                ids.clear();
+                ids.extend_from_slice(&node_of[range]);
+                let at = sightings[i].first_seen;
+                out.owners.push(link_ids(&g, &mut ids, at, &mut out.links));
+                out.keys.push(k);
+            }
+            out
+        })
+        .collect();
+    g.owner.reserve_exact(sightings.len());
+    g.keys.reserve_exact(sightings.len());
+    g.links
+        .reserve_exact(chunks.iter().map(|c| c.links.len()).sum::<usize>() + sightings.len() / 8);
+    for mut c in chunks {
+        g.owner.append(&mut c.owners);
+        g.keys.append(&mut c.keys);
+        g.links.append(&mut c.links);
+    }
+
     // An alias's previous id is an earlier user id when one is known by that value, else an
     // anonymous id; this needs every user id seen, hence the second pass.
-    for (i, mut ids) in aliases {
-        let s = &sightings[i];
-        let prev = s.previous_id.as_deref().expect("alias sightings have one");
-        let bit = g.source_bit(&s.source);
+    for (i, s) in sightings.iter().enumerate() {
+        let Some(prev) = s.previous_id.as_deref() else {
+            continue;
+        };
+        let bit = bits[i];
         let ty = match normalisers.normalise("user_id", prev) {
             Ok(v) if g.find("user_id", &v).is_some() => "user_id",
             _ => "anonymous_id",
@@ -201,20 +349,47 @@ pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Nor
         match normalisers.normalise(ty, prev) {
             Ok(v) => {
                 let t = g.type_index(ty);
-                let id = g.node(t, v, s, bit);
-                ids.push(id);
-                let owner = link_all(&mut g, &mut ids, s.first_seen);
-                g.owner[i] = owner;
+                let mut ids = node_of[start[i] as usize..start[i + 1] as usize].to_vec();
+                ids.push(g.node(t, v, s, bit));
+                let mut links = Vec::new();
+                g.owner[i] = link_ids(&g, &mut ids, s.first_seen, &mut links);
+                g.links.append(&mut links);
             }
             Err(reason) => *g.skipped.entry((ty.to_string(), reason)).or_default() += 1,
         }
     }
-    g.links.sort_unstable();
+    g.links.par_sort_unstable();
     g
 }
 
-/// Links every identifier of one sighting to its strongest; returns the strongest.
-fn link_all(g: &mut Graph, ids: &mut Vec<u32>, at: i64) -> Option<u32> {
+/// The usable identifiers of all sightings, one column per field.
+#[derive(Default)]
+struct Flat {
+    ty: Vec<u16>,
+    value: Vec<String>,
+    key: Vec<Key>,
+    sighting: Vec<u32>,
+}
+
+/// The owners, keys and links of one chunk of sightings.
+#[derive(Default)]
+struct Linked {
+    owners: Vec<Option<u32>>,
+    keys: Vec<(Option<u32>, Option<u32>)>,
+    links: Vec<Link>,
+}
+
+/// One shard's nodes (numbered from 0), its index, and the number of each of its positions.
+#[derive(Default)]
+struct ShardNodes {
+    nodes: Vec<Node>,
+    table: HashTable<(u64, u32)>,
+    numbered: Vec<u32>,
+}
+
+/// Links every identifier of one sighting (`ids`) to its strongest, into `links`; returns the
+/// strongest.
+fn link_ids(g: &Graph, ids: &mut Vec<u32>, at: i64, links: &mut Vec<Link>) -> Option<u32> {
     ids.sort_unstable_by(|a, b| {
         let (na, nb) = (&g.nodes[*a as usize], &g.nodes[*b as usize]);
         (g.rank[na.ty as usize], &na.value).cmp(&(g.rank[nb.ty as usize], &nb.value))
@@ -228,7 +403,7 @@ fn link_all(g: &mut Graph, ids: &mut Vec<u32>, at: i64) -> Option<u32> {
         } else {
             (other, head)
         };
-        g.links.push(Link { rank, at, a, b });
+        links.push(Link { rank, at, a, b });
     }
     Some(head)
 }
