@@ -52,32 +52,44 @@ pub fn assign(
             *e = n;
         }
     }
-    // Per earlier id: its nodes per component, and its age (earliest first sight).
-    let mut spread: HashMap<u32, HashMap<u32, u32>> = HashMap::new();
-    let mut age: HashMap<u32, i64> = HashMap::new();
+    // Per earlier id: its nodes per component (as (earlier id, component, count), sorted),
+    // and its age (earliest first sight). Earlier ids are dense indexes into `old_ids`.
+    let mut age: Vec<i64> = vec![i64::MAX; old_ids.len()];
+    let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(old.len());
     for (n, o) in old.iter().enumerate() {
         if let Some(o) = *o {
-            *spread.entry(o).or_default().entry(root[n]).or_default() += 1;
-            let a = age.entry(o).or_insert(i64::MAX);
-            *a = (*a).min(g.nodes[n].first_seen);
+            pairs.push((o, root[n]));
+            age[o as usize] = age[o as usize].min(g.nodes[n].first_seen);
+        }
+    }
+    pairs.sort_unstable();
+    let mut spread: Vec<(u32, u32, u32)> = Vec::new();
+    for (o, r) in pairs {
+        match spread.last_mut() {
+            Some(last) if (last.0, last.1) == (o, r) => last.2 += 1,
+            _ => spread.push((o, r, 1)),
         }
     }
     // The component an earlier id stays with: most of its identifiers, then the earliest.
-    let mut main_of: HashMap<u32, u32> = HashMap::new();
+    let mut main_of: Vec<u32> = vec![NONE; old_ids.len()];
     let mut claimants: HashMap<u32, Vec<u32>> = HashMap::new();
-    for (&o, comps) in &spread {
+    for comps in spread.chunk_by(|a, b| a.0 == b.0) {
+        let o = comps[0].0;
         let main = comps
             .iter()
-            .max_by(|(ra, ca), (rb, cb)| {
+            .max_by(|(_, ra, ca), (_, rb, cb)| {
                 ca.cmp(cb)
-                    .then_with(|| key(earliest[**rb as usize]).cmp(&key(earliest[**ra as usize])))
+                    .then_with(|| key(earliest[*rb as usize]).cmp(&key(earliest[*ra as usize])))
             })
-            .map(|(r, _)| *r)
+            .map(|(_, r, _)| *r)
             .expect("an earlier id has at least one node");
-        main_of.insert(o, main);
+        main_of[o as usize] = main;
         claimants.entry(main).or_default().push(o);
     }
-    let mut used: HashSet<String> = old_ids.iter().cloned().collect();
+    let mut used = Taken::default();
+    for id in old_ids {
+        used.insert(id);
+    }
     let is_taken = |id: &str| taken.is_some_and(|t| t.contains(id));
     let mut id_of_root: HashMap<u32, String> = HashMap::new();
     let mut changes = Vec::new();
@@ -89,7 +101,8 @@ pub fn assign(
         let id = match claimants.get_mut(r) {
             Some(list) => {
                 list.sort_by(|a, b| {
-                    (age[a], &old_ids[*a as usize]).cmp(&(age[b], &old_ids[*b as usize]))
+                    (age[*a as usize], &old_ids[*a as usize])
+                        .cmp(&(age[*b as usize], &old_ids[*b as usize]))
                 });
                 let winner = old_ids[list[0] as usize].clone();
                 for o in &list[1..] {
@@ -109,13 +122,8 @@ pub fn assign(
     // Parts of earlier profiles that now live elsewhere.
     let mut splits: Vec<(u32, u32)> = spread
         .iter()
-        .flat_map(|(&o, comps)| {
-            let main = main_of[&o];
-            comps
-                .keys()
-                .filter(move |&&r| r != main)
-                .map(move |&r| (o, r))
-        })
+        .filter(|&&(o, r, _)| r != main_of[o as usize])
+        .map(|&(o, r, _)| (o, r))
         .collect();
     splits.sort_unstable_by(|a, b| {
         (&old_ids[a.0 as usize], &id_of_root[&a.1])
@@ -138,12 +146,7 @@ pub fn assign(
     }
 }
 
-fn new_id(
-    g: &Graph,
-    earliest: u32,
-    used: &mut HashSet<String>,
-    is_taken: &impl Fn(&str) -> bool,
-) -> String {
+fn new_id(g: &Graph, earliest: u32, used: &mut Taken, is_taken: &impl Fn(&str) -> bool) -> String {
     let node = &g.nodes[earliest as usize];
     let mut salt = 0u32;
     loop {
@@ -151,8 +154,9 @@ fn new_id(
             "{}\u{0}{}\u{0}{salt}",
             g.types[node.ty as usize], node.value
         );
-        let id = made_text(xxhash_rust::xxh3::xxh3_64(text.as_bytes()));
-        if !is_taken(&id) && used.insert(id.clone()) {
+        let n = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
+        let id = made_text(n);
+        if !is_taken(&id) && used.made.insert(n) {
             return id;
         }
         salt += 1;

@@ -769,26 +769,22 @@ fn old_ids(
 ) -> Result<(Vec<Option<u32>>, Vec<String>)> {
     let mut old = vec![None; g.nodes.len()];
     let mut ids = Vec::new();
-    let mut index: HashMap<String, u32> = HashMap::new();
-    for b in identities {
-        let cols: Vec<arrow::array::StringArray> = b.columns()[..3]
-            .iter()
-            .map(sightings::strings)
-            .collect::<Result<_>>()?;
-        for row in 0..b.num_rows() {
+    let batches: Vec<Vec<arrow::array::StringArray>> = identities
+        .iter()
+        .map(|b| b.columns()[..3].iter().map(sightings::strings).collect())
+        .collect::<Result<_>>()?;
+    // Keyed by the texts in `batches`: each profile id is copied once, not once per identifier.
+    let mut index: HashMap<&str, u32> = HashMap::new();
+    for cols in &batches {
+        for row in 0..arrow::array::Array::len(&cols[0]) {
             let Some(n) = g.find(cols[0].value(row), cols[1].value(row)) else {
                 continue;
             };
             let profile = cols[2].value(row);
-            let i = match index.get(profile) {
-                Some(&i) => i,
-                None => {
-                    let i = ids.len() as u32;
-                    ids.push(profile.to_string());
-                    index.insert(profile.to_string(), i);
-                    i
-                }
-            };
+            let i = *index.entry(profile).or_insert_with(|| {
+                ids.push(profile.to_string());
+                (ids.len() - 1) as u32
+            });
             old[n as usize] = Some(i);
         }
     }
