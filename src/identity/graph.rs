@@ -97,25 +97,10 @@ impl Graph {
         1u64 << i.min(63)
     }
 
-    fn node(&mut self, ty: u16, value: String, s: &Sighting, bit: u64) -> u32 {
-        if let Some(id) = self.index.find(&self.nodes, ty, &value) {
-            let n = &mut self.nodes[id as usize];
-            n.first_seen = n.first_seen.min(s.first_seen);
-            n.last_seen = n.last_seen.max(s.last_seen);
-            n.sources |= bit;
-            return id;
-        }
-        let id = self.nodes.len() as u32;
-        let h = self.index.hash(ty, &value);
-        self.nodes.push(Node {
-            ty,
-            value: value.into_boxed_str(),
-            first_seen: s.first_seen,
-            last_seen: s.last_seen,
-            sources: bit,
-        });
-        self.index.shards[shard_of(h)].insert_unique(h, (h, id), |&(h, _)| h);
-        id
+    fn node(&mut self, ty: u16, value: &str, s: &Sighting, bit: u64) -> u32 {
+        let h = self.index.hash(ty, value);
+        let table = &mut self.index.shards[shard_of(h)];
+        upsert(&mut self.nodes, table, h, ty, value, s, bit)
     }
 
     /// Each distinct source set of `sets` as its sorted, comma-separated source names. There
@@ -166,13 +151,54 @@ impl Index {
 
     fn find(&self, nodes: &[Node], ty: u16, value: &str) -> Option<u32> {
         let h = self.hash(ty, value);
-        self.shards[shard_of(h)]
-            .find(h, |&(_, n)| {
-                let node = &nodes[n as usize];
-                node.ty == ty && *node.value == *value
-            })
-            .map(|&(_, n)| n)
+        lookup(&self.shards[shard_of(h)], nodes, h, ty, value)
     }
+}
+
+/// The node of (`ty`, `value`) with hash `h` in one shard's `table` over `nodes`.
+fn lookup(
+    table: &HashTable<(u64, u32)>,
+    nodes: &[Node],
+    h: u64,
+    ty: u16,
+    value: &str,
+) -> Option<u32> {
+    table
+        .find(h, |&(_, n)| {
+            let node = &nodes[n as usize];
+            node.ty == ty && *node.value == *value
+        })
+        .map(|&(_, n)| n)
+}
+
+/// The node of (`ty`, `value`) seen in sighting `s` of source `bit`: the existing one, now also
+/// seen there, or a new one.
+fn upsert(
+    nodes: &mut Vec<Node>,
+    table: &mut HashTable<(u64, u32)>,
+    h: u64,
+    ty: u16,
+    value: &str,
+    s: &Sighting,
+    bit: u64,
+) -> u32 {
+    if let Some(n) = lookup(table, nodes, h, ty, value) {
+        let node = &mut nodes[n as usize];
+        node.first_seen = node.first_seen.min(s.first_seen);
+        node.last_seen = node.last_seen.max(s.last_seen);
+        node.sources |= bit;
+        return n;
+    }
+    let n = nodes.len() as u32;
+    nodes.push(Node {
+        ty,
+        value: value.into(),
+        first_seen: s.first_seen,
+        last_seen: s.last_seen,
+        sources: bit,
+    });
+    table.insert_unique(h, (h, n), |&(h, _)| h);
+    n
 }
 
 /// Builds the graph of `sightings`.
@@ -242,52 +268,33 @@ pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Nor
         .into_par_iter()
         .map(|shard| {
             let mut out = ShardNodes::default();
-            for p in listed.iter().flat_map(|chunk| chunk[shard].iter()) {
-                let p = *p as usize;
-                let s = &sightings[flat.sighting[p] as usize];
-                let bit = bits[flat.sighting[p] as usize];
-                let (ty, value, h) = (flat.ty[p], flat.value[p].as_str(), hashes[p]);
-                let nodes = &mut out.nodes;
-                let local = match out.table.find(h, |&(_, n)| {
-                    nodes[n as usize].ty == ty && *nodes[n as usize].value == *value
-                }) {
-                    Some(&(_, n)) => {
-                        let node = &mut nodes[n as usize];
-                        node.first_seen = node.first_seen.min(s.first_seen);
-                        node.last_seen = node.last_seen.max(s.last_seen);
-                        node.sources |= bit;
-                        n
-                    }
-                    None => {
-                        let n = nodes.len() as u32;
-                        nodes.push(Node {
-                            ty,
-                            value: value.into(),
-                            first_seen: s.first_seen,
-                            last_seen: s.last_seen,
-                            sources: bit,
-                        });
-                        out.table.insert_unique(h, (h, n), |&(h, _)| h);
-                        n
-                    }
-                };
-                out.numbered.push(local);
+            for &p in listed.iter().flat_map(|chunk| chunk[shard].iter()) {
+                let i = flat.sighting[p as usize] as usize;
+                let (ty, value) = (flat.ty[p as usize], &flat.value[p as usize]);
+                let h = hashes[p as usize];
+                let local = upsert(
+                    &mut out.nodes,
+                    &mut out.table,
+                    h,
+                    ty,
+                    value,
+                    &sightings[i],
+                    bits[i],
+                );
+                out.numbered.push((p, local));
             }
             out
         })
         .collect();
     drop(hashes);
+    drop(listed);
     let mut node_of = vec![0u32; flat.value.len()];
     let mut offset = 0u32;
     g.nodes
         .reserve_exact(shards.iter().map(|s| s.nodes.len()).sum());
     for (shard, mut out) in shards.into_iter().enumerate() {
-        for (p, local) in listed
-            .iter()
-            .flat_map(|chunk| chunk[shard].iter())
-            .zip(&out.numbered)
-        {
-            node_of[*p as usize] = offset + local;
+        for (p, local) in out.numbered {
+            node_of[p as usize] = offset + local;
         }
         for entry in out.table.iter_mut() {
             entry.1 += offset;
@@ -296,7 +303,6 @@ pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Nor
         g.nodes.append(&mut out.nodes);
         g.index.shards[shard] = out.table;
     }
-    drop(listed);
     drop(flat.value);
 
     // Links, in parallel chunks of sightings.
@@ -316,11 +322,16 @@ pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Nor
                         Key::Other => {}
                     }
                 }
+                out.keys.push(k);
+                // An alias is linked once, with its previous id, in the pass below.
+                if sightings[i].previous_id.is_some() {
+                    out.owners.push(None);
+                    continue;
+                }
                 ids.clear();
                 ids.extend_from_slice(&node_of[range]);
                 let at = sightings[i].first_seen;
                 out.owners.push(link_ids(&g, &mut ids, at, &mut out.links));
-                out.keys.push(k);
             }
             out
         })
@@ -341,22 +352,21 @@ pub fn build(sightings: &[Sighting], config: &IdentitySection, normalisers: &Nor
         let Some(prev) = s.previous_id.as_deref() else {
             continue;
         };
-        let bit = bits[i];
         let ty = match normalisers.normalise("user_id", prev) {
             Ok(v) if g.find("user_id", &v).is_some() => "user_id",
             _ => "anonymous_id",
         };
+        let mut ids = node_of[start[i] as usize..start[i + 1] as usize].to_vec();
         match normalisers.normalise(ty, prev) {
             Ok(v) => {
                 let t = g.type_index(ty);
-                let mut ids = node_of[start[i] as usize..start[i + 1] as usize].to_vec();
-                ids.push(g.node(t, v, s, bit));
-                let mut links = Vec::new();
-                g.owner[i] = link_ids(&g, &mut ids, s.first_seen, &mut links);
-                g.links.append(&mut links);
+                ids.push(g.node(t, &v, s, bits[i]));
             }
             Err(reason) => *g.skipped.entry((ty.to_string(), reason)).or_default() += 1,
         }
+        let mut links = Vec::new();
+        g.owner[i] = link_ids(&g, &mut ids, s.first_seen, &mut links);
+        g.links.append(&mut links);
     }
     g.links.par_sort_unstable();
     g
@@ -379,12 +389,13 @@ struct Linked {
     links: Vec<Link>,
 }
 
-/// One shard's nodes (numbered from 0), its index, and the number of each of its positions.
+/// One shard's nodes (numbered from 0), its index, and the node of each of its positions
+/// (position, node).
 #[derive(Default)]
 struct ShardNodes {
     nodes: Vec<Node>,
     table: HashTable<(u64, u32)>,
-    numbered: Vec<u32>,
+    numbered: Vec<(u32, u32)>,
 }
 
 /// Links every identifier of one sighting (`ids`) to its strongest, into `links`; returns the
@@ -479,5 +490,120 @@ pub fn object(text: &str) -> Option<Map<String, Value>> {
     match serde_json::from_str(text) {
         Ok(Value::Object(m)) => Some(m),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::sightings::Kind;
+    use std::collections::BTreeSet;
+
+    fn sighting(i: u64) -> Sighting {
+        Sighting {
+            kind: Kind::Event,
+            source: ["web", "app", "pos"][(i % 3) as usize].into(),
+            user_id: i.is_multiple_of(2).then(|| format!("u{}", i % 50_000)),
+            anonymous_id: Some(format!(" a{} ", i % 70_000)),
+            // Always a user id some sighting has (every even number below 50,000).
+            previous_id: (i % 9_999 == 1).then(|| format!("u{}", 2 * (i % 25_000))),
+            message_id: None,
+            external_ids: Vec::new(),
+            traits: None,
+            context_traits: None,
+            consent: None,
+            first_seen: (i * 7919 % 1_000_003) as i64,
+            last_seen: (i * 7919 % 1_000_003) as i64 + 5,
+            count: 1,
+        }
+    }
+
+    /// More sightings than one chunk, values in every shard: each value is one node with the
+    /// times and sources of all its sightings, each sighting is owned by its strongest
+    /// identifier and linked to it, and building again numbers everything the same.
+    #[test]
+    fn a_graph_of_many_chunks_agrees_with_a_plain_count() {
+        let config = IdentitySection::default();
+        let normalisers = Normalisers::new(&config).unwrap();
+        let sightings: Vec<Sighting> = (0..200_000).map(sighting).collect();
+        let g = build(&sightings, &config, &normalisers);
+
+        type Want<'a> = BTreeMap<(&'static str, String), (i64, i64, BTreeSet<&'a str>)>;
+        fn see<'a>(want: &mut Want<'a>, ty: &'static str, value: String, s: &'a Sighting) {
+            let e = want
+                .entry((ty, value))
+                .or_insert((i64::MAX, i64::MIN, BTreeSet::new()));
+            e.0 = e.0.min(s.first_seen);
+            e.1 = e.1.max(s.last_seen);
+            e.2.insert(s.source.as_str());
+        }
+        let mut want = Want::new();
+        for s in &sightings {
+            if let Some(u) = &s.user_id {
+                see(&mut want, "user_id", u.clone(), s);
+            }
+            see(
+                &mut want,
+                "anonymous_id",
+                s.anonymous_id.as_ref().unwrap().trim().to_string(),
+                s,
+            );
+        }
+        // Every previous id names a user id that some sighting has.
+        for s in sightings.iter().filter(|s| s.previous_id.is_some()) {
+            see(&mut want, "user_id", s.previous_id.clone().unwrap(), s);
+        }
+        assert_eq!(g.nodes.len(), want.len());
+        let texts = g.source_texts(g.nodes.iter().map(|n| n.sources));
+        for (n, node) in g.nodes.iter().enumerate() {
+            let ty = g.types[node.ty as usize].as_str();
+            let (first, last, sources) = &want[&(ty, node.value.to_string())];
+            assert_eq!(
+                (node.first_seen, node.last_seen),
+                (*first, *last),
+                "{ty} {}",
+                node.value
+            );
+            let names: Vec<&str> = sources.iter().copied().collect();
+            assert_eq!(texts[&node.sources], names.join(","));
+            assert_eq!(g.find(ty, &node.value), Some(n as u32));
+        }
+
+        let value = |n: Option<u32>| n.map(|n| g.nodes[n as usize].value.to_string());
+        let mut links = 0;
+        for (i, s) in sightings.iter().enumerate() {
+            let anonymous = s.anonymous_id.as_ref().map(|a| a.trim().to_string());
+            assert_eq!(value(g.keys[i].0), s.user_id, "sighting {i}");
+            assert_eq!(value(g.keys[i].1), anonymous, "sighting {i}");
+            // A user id outranks an anonymous id; an alias's own user id outranks nothing
+            // else of it but sorts with the previous one by value.
+            let strongest = match (&s.user_id, &s.previous_id) {
+                (Some(u), Some(p)) => Some(u.min(p).clone()),
+                (Some(u), None) => Some(u.clone()),
+                (None, Some(p)) => Some(p.clone()),
+                (None, None) => anonymous,
+            };
+            assert_eq!(value(g.owner[i]), strongest, "sighting {i}");
+            let ids = 1 + s.user_id.is_some() as usize + s.previous_id.is_some() as usize;
+            let same = s.user_id.is_some() && s.user_id == s.previous_id;
+            links += ids - 1 - same as usize;
+        }
+        assert_eq!(g.links.len(), links);
+        assert!(g.links.is_sorted());
+        let owners: BTreeSet<u32> = g.owner.iter().flatten().copied().collect();
+        for l in &g.links {
+            assert!(l.a < l.b && (owners.contains(&l.a) || owners.contains(&l.b)));
+        }
+
+        let again = build(&sightings, &config, &normalisers);
+        let numbered = |g: &Graph| -> Vec<(u16, String)> {
+            g.nodes
+                .iter()
+                .map(|n| (n.ty, n.value.to_string()))
+                .collect()
+        };
+        assert_eq!(numbered(&g), numbered(&again));
+        assert_eq!(g.links, again.links);
+        assert_eq!(g.owner, again.owner);
     }
 }
