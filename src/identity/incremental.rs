@@ -58,21 +58,35 @@ pub fn prior<'a>(
     let columns = |b: &'a RecordBatch| -> [&'a arrow::array::StringArray; 3] {
         [0, 1, 2].map(|i| b.column(i).as_string::<i32>())
     };
-    let mut affected: HashSet<String> = HashSet::new();
-    let mut taken = crate::identity::assign::Taken::default();
-    for b in identities {
-        let [ty, value, profile] = columns(b);
-        for row in 0..b.num_rows() {
-            let p = profile.value(row);
-            taken.insert(p);
-            if wanted
-                .get(ty.value(row))
-                .is_some_and(|values| values.contains(value.value(row)))
-            {
-                affected.insert(p.to_string());
+    // The ids in use and the profiles reached are two passes, one per core.
+    let (taken, mut affected) = std::thread::scope(|scope| {
+        let taken = scope.spawn(|| {
+            let mut taken = crate::identity::assign::Taken::default();
+            for b in identities {
+                let profile = columns(b)[2];
+                for row in 0..b.num_rows() {
+                    taken.insert(profile.value(row));
+                }
+            }
+            taken
+        });
+        let mut affected: HashSet<String> = HashSet::new();
+        for b in identities {
+            let [ty, value, profile] = columns(b);
+            for row in 0..b.num_rows() {
+                if wanted
+                    .get(ty.value(row))
+                    .is_some_and(|values| values.contains(value.value(row)))
+                {
+                    affected.insert(profile.value(row).to_string());
+                }
             }
         }
-    }
+        let taken = taken
+            .join()
+            .expect("collecting the profile ids in use panicked");
+        (taken, affected)
+    });
     let mut refused: HashMap<&str, Vec<&str>> = HashMap::new();
     for (a, b) in conflicts {
         refused.entry(a).or_default().push(b);

@@ -19,6 +19,7 @@ pub mod runs;
 pub mod scan;
 pub mod show;
 pub mod sightings;
+mod stored;
 pub mod tables;
 pub mod trait_columns;
 pub mod unionfind;
@@ -72,8 +73,9 @@ pub struct Report {
     pub large_profiles: Vec<LargeProfile>,
     pub seconds: f64,
     /// Seconds per phase: scan, graph of new data, read identities, affected, load, graph,
-    /// components, ids, profiles, keep, read profiles, profiles table, merge, write (each
-    /// only when the run has it).
+    /// components, ids, profiles, keep, write sightings, profiles table, write
+    /// (each only when the run has it). Writes overlap the phases after them:
+    /// a phase is the time until the next one could start.
     pub phases: Vec<(String, f64)>,
 }
 
@@ -112,7 +114,7 @@ impl Mode {
 }
 
 /// One output table: its rows, and whether they replace the table or are appended.
-type Output = (
+pub(crate) type Output = (
     TableSpec,
     Vec<arrow::array::RecordBatch>,
     WriteMode<'static>,
@@ -189,7 +191,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     if mode == Mode::Full {
         new_files = sources.iter().map(|_| None).collect();
     }
-    let mut stored = Stored::new(ws);
+    let mut stored = stored::Stored::new(stored::Source::new(ws));
     let mut new: Vec<Sighting> = Vec::new();
     for ((name, table), files) in sources.iter().zip(new_files) {
         if name == schema::EVENTS {
@@ -262,7 +264,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             .collect::<Result<_>>()?
     } else {
         let query = "select id_type, id_value, profile_id from t";
-        match stream_table(ws, &identities_spec, query).await? {
+        match stored.source.stream(&identities_spec, query).await? {
             Some(stream) => stream.try_collect().await?,
             None => Vec::new(),
         }
@@ -306,6 +308,40 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         graph::build(&all, config, &normalisers)
     };
     phases.mark("graph");
+    // Write: the sightings first, the outputs next, the run record last. A run that dies
+    // before its record leaves sightings the next run sees as unfinished, and redoes fully.
+    // Only an incremental run appends its new sightings; the others store all of them again,
+    // each with its anchor under the current rules. The sightings are written while the
+    // profiles are computed; the outputs wait for their commit.
+    let g = std::sync::Arc::new(g);
+    let all = std::sync::Arc::new(all);
+    let sightings_write = {
+        let (g, all, run_id) = (g.clone(), all.clone(), run_id.clone());
+        let (from, write_mode) = match mode {
+            Mode::Incremental => (stored_count, WriteMode::Append),
+            _ => (0, WriteMode::Replace),
+        };
+        let storage = ws.storage.clone();
+        tokio::spawn(async move {
+            let rows = tokio::task::spawn_blocking(move || {
+                let anchors: Vec<Option<String>> = g.owner[from..]
+                    .iter()
+                    .map(|o| {
+                        o.map(|n| {
+                            let node = &g.nodes[n as usize];
+                            incremental::anchor(&g.types[node.ty as usize], &node.value)
+                        })
+                    })
+                    .collect();
+                sightings::to_batch(&run_id, &all[from..], &anchors)
+            })
+            .await
+            .map_err(|e| Error::Other(format!("making the sightings' rows: {e}")))??;
+            storage
+                .write(&sightings::spec(), vec![rows], write_mode)
+                .await
+        })
+    };
     let limits: Vec<(u16, u32)> = config
         .limits
         .iter()
@@ -379,34 +415,26 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         WriteMode::Replace,
     ));
     phases.mark("profiles");
+    let recomputed_profiles = profiles.len() as u64;
+    // The profiles table is made while the other tables are kept and written: an incremental
+    // run adds every stored profile row it did not recompute, read as it is
+    // (`profiles_batch` rebuilds its trait columns, whose types follow the data).
+    let affected = prior
+        .as_ref()
+        .map(|p| std::sync::Arc::new(p.affected.clone()));
+    let profiles_table = tokio::spawn(stored::profiles_table(
+        stored.source.clone(),
+        profiles,
+        affected.clone(),
+        config.trait_identifiers.clone(),
+    ));
 
     // An incremental run keeps the stored rows of every profile it did not recompute.
     let mut unchanged = HashMap::new();
-    let kept_profiles = match &prior {
-        None => Vec::new(),
-        Some(p) => {
-            unchanged = keep_stored(&mut stored, &mut outputs, &identities, &p.affected).await?;
-            phases.mark("keep");
-            // Every stored profile row is read as it is: `profiles_batch` rebuilds its trait
-            // columns, whose types follow the data.
-            let stored = stored
-                .take(&TableSpec::existing("profiles", "profiles"))
-                .await?;
-            let keep: Vec<arrow::array::RecordBatch> = stored
-                .iter()
-                .map(|b| incremental::keep_rows(b, &["profile_id"], &p.affected))
-                .collect::<Result<_>>()?;
-            phases.mark("read profiles");
-            keep
-        }
-    };
-    let (profiles_spec, profiles_rows) =
-        tables::profiles_batch(&profiles, &kept_profiles, &config.trait_identifiers)?;
-    phases.mark("profiles table");
-    let large = large_profiles(&profiles_rows, config.large_profile)?;
-    let total_profiles = profiles_rows.num_rows() as u64;
-    let known_profiles = count_true(&profiles_rows, "is_known")?;
-    outputs.push((profiles_spec, vec![profiles_rows], WriteMode::Replace));
+    if let Some(affected) = affected {
+        unchanged = stored::keep(&mut stored, &mut outputs, &identities, affected).await?;
+        phases.mark("keep");
+    }
     let rows_of = |name: &str| -> u64 {
         if let Some(&count) = unchanged.get(name) {
             return count;
@@ -420,8 +448,6 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     let total_identifiers = rows_of("identities");
     let conflicts = rows_of("identity_conflicts");
     outputs.retain(|(spec, _, _)| !unchanged.contains_key(&spec.name));
-    phases.mark("merge");
-
     let changes = &assignment.changes;
     if !changes.is_empty() {
         let merges_spec = tables::merges();
@@ -438,35 +464,28 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         )?;
         outputs.push((merges_spec, vec![rows], WriteMode::Append));
     }
+    sightings_write
+        .await
+        .map_err(|e| Error::Other(format!("writing the sightings: {e}")))??;
+    phases.mark("write sightings");
+    // The finished outputs are written while the profiles table is made.
+    let mut writes: Vec<_> = outputs.into_iter().map(|o| spawn_write(ws, o)).collect();
 
-    // Write: the sightings first, the outputs next, the run record last. A run that dies
-    // before its record leaves sightings the next run sees as unfinished, and redoes fully.
-    // Only an incremental run appends its new sightings; the others store all of them again,
-    // each with its anchor under the current rules.
-    let anchors: Vec<Option<String>> = g
-        .owner
-        .iter()
-        .map(|o| {
-            o.map(|n| {
-                let node = &g.nodes[n as usize];
-                incremental::anchor(&g.types[node.ty as usize], &node.value)
-            })
-        })
-        .collect();
-    let (links_rows, links_mode) = match mode {
-        Mode::Incremental => (
-            sightings::to_batch(&run_id, &all[stored_count..], &anchors[stored_count..])?,
-            WriteMode::Append,
-        ),
-        _ => (
-            sightings::to_batch(&run_id, &all, &anchors)?,
-            WriteMode::Replace,
-        ),
-    };
-    ws.storage
-        .write(&sightings::spec(), vec![links_rows], links_mode)
-        .await?;
-    write_concurrently(&ws.storage, outputs).await?;
+    let (profiles_spec, profiles_rows) = profiles_table
+        .await
+        .map_err(|e| Error::Other(format!("making the profiles table: {e}")))??;
+    phases.mark("profiles table");
+    let large = large_profiles(&profiles_rows, config.large_profile)?;
+    let total_profiles = profiles_rows.num_rows() as u64;
+    let known_profiles = count_true(&profiles_rows, "is_known")?;
+    writes.push(spawn_write(
+        ws,
+        (profiles_spec, vec![profiles_rows], WriteMode::Replace),
+    ));
+    for task in writes {
+        task.await
+            .map_err(|e| Error::Other(format!("writing an identity table: {e}")))??;
+    }
     phases.mark("write");
     let report = Report {
         run_id: run_id.clone(),
@@ -475,7 +494,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         sightings: all.len() as u64,
         new_sightings: new_count,
         affected_profiles: prior.as_ref().map(|p| p.affected.len() as u64),
-        recomputed_profiles: profiles.len() as u64,
+        recomputed_profiles,
         identifiers: total_identifiers,
         links: g.links.len() as u64,
         profiles: total_profiles,
@@ -492,21 +511,12 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     Ok(report)
 }
 
-/// Writes each (table, rows, mode) in its own task, so that encoding the tables' Parquet files
+/// Writes one output table in a task of its own, so that encoding the tables' Parquet files
 /// uses every core; each table still commits on its own, atomically.
-async fn write_concurrently(storage: &crate::storage::Storage, outputs: Vec<Output>) -> Result<()> {
-    let tasks: Vec<_> = outputs
-        .into_iter()
-        .map(|(spec, batches, mode)| {
-            let storage = storage.clone();
-            tokio::spawn(async move { storage.write(&spec, batches, mode).await })
-        })
-        .collect();
-    for task in tasks {
-        task.await
-            .map_err(|e| Error::Other(format!("writing an identity table: {e}")))??;
-    }
-    Ok(())
+fn spawn_write(ws: &Workspace, output: Output) -> tokio::task::JoinHandle<Result<i64>> {
+    let storage = ws.storage.clone();
+    let (spec, batches, mode) = output;
+    tokio::spawn(async move { storage.write(&spec, batches, mode).await })
 }
 
 /// In one pass over the sightings: the keys of each profile (every user id, anonymous id and
@@ -576,152 +586,7 @@ pub async fn query_table(
     spec: &TableSpec,
     query: &str,
 ) -> Result<Vec<Vec<String>>> {
-    let Some(mut stream) = stream_table(ws, spec, query).await? else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    while let Some(b) = stream.try_next().await? {
-        out.extend(sightings::text_rows(&b)?);
-    }
-    Ok(out)
-}
-
-/// The result of `query` over the table of `spec` (named `t`); None when the table does not
-/// exist.
-async fn stream_table(
-    ws: &Workspace,
-    spec: &TableSpec,
-    query: &str,
-) -> Result<Option<datafusion::physical_plan::SendableRecordBatchStream>> {
-    let Some(ctx) = table_context(ws, spec).await? else {
-        return Ok(None);
-    };
-    Ok(Some(ctx.sql(query).await?.execute_stream().await?))
-}
-
-/// A session with the table of `spec` registered as `t`; None when the table does not exist.
-async fn table_context(
-    ws: &Workspace,
-    spec: &TableSpec,
-) -> Result<Option<datafusion::prelude::SessionContext>> {
-    let Some(table) = ws.storage.open(spec).await? else {
-        return Ok(None);
-    };
-    let ctx = crate::sql::new_context(ws.config.workspace.memory_limit_mb)?;
-    crate::sql::register(&ctx, "t", &table, None).await?;
-    Ok(Some(ctx))
-}
-
-/// Stored tables an incremental run rewrites, read when first needed and kept while they are
-/// needed again. (Reading them in background tasks made the run slower on two cores: the
-/// reads competed with the scan and the graph for the same cores.)
-struct Stored<'a> {
-    ws: &'a Workspace,
-    read: HashMap<String, Vec<arrow::array::RecordBatch>>,
-}
-
-impl<'a> Stored<'a> {
-    fn new(ws: &'a Workspace) -> Stored<'a> {
-        Stored {
-            ws,
-            read: HashMap::new(),
-        }
-    }
-
-    /// Every row of the table of `spec` (none when it does not exist).
-    async fn take(&mut self, spec: &TableSpec) -> Result<Vec<arrow::array::RecordBatch>> {
-        if let Some(rows) = self.read.remove(&spec.name) {
-            return Ok(rows);
-        }
-        match stream_table(self.ws, spec, "select * from t").await? {
-            Some(stream) => Ok(stream.try_collect().await?),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// The rows of the table of `spec` in which one of `columns` holds one of `ids`. The
-    /// filter runs inside the Parquet scan: the other columns are decoded for those rows only.
-    async fn rows_of(
-        &self,
-        spec: &TableSpec,
-        columns: &[&str],
-        ids: std::sync::Arc<incremental::Ids>,
-    ) -> Result<Vec<arrow::array::RecordBatch>> {
-        let Some(ctx) = table_context(self.ws, spec).await? else {
-            return Ok(Vec::new());
-        };
-        ctx.register_udf(incremental::member_of("is_affected", ids));
-        let condition: Vec<String> = columns
-            .iter()
-            .map(|c| format!("is_affected({c})"))
-            .collect();
-        let query = format!("select * from t where {}", condition.join(" or "));
-        Ok(ctx.sql(&query).await?.collect().await?)
-    }
-
-    /// The number of rows of the table of `spec` (from its file statistics).
-    async fn count(&self, spec: &TableSpec) -> Result<u64> {
-        let rows = query_table(self.ws, spec, "select count(*) from t").await?;
-        Ok(rows.first().and_then(|r| r[0].parse().ok()).unwrap_or(0))
-    }
-
-    /// Rows taken and needed again later.
-    fn put_back(&mut self, spec: &TableSpec, rows: Vec<arrow::array::RecordBatch>) {
-        self.read.insert(spec.name.clone(), rows);
-    }
-}
-
-/// Adds to the identity, key, route, conflict and consent outputs the stored rows of every
-/// profile not in `affected` (`identities` holds the stored identities, already read). A
-/// table whose stored rows of the affected profiles are the recomputed ones needs no new
-/// version: it is returned among the unchanged, with its row count. Tables not in memory are
-/// first read for the affected rows only, and whole only when they changed.
-async fn keep_stored(
-    stored: &mut Stored<'_>,
-    outputs: &mut [Output],
-    identities: &[arrow::array::RecordBatch],
-    affected: &incremental::Ids,
-) -> Result<HashMap<String, u64>> {
-    let ids = std::sync::Arc::new(affected.clone());
-    let count =
-        |bs: &[arrow::array::RecordBatch]| -> u64 { bs.iter().map(|b| b.num_rows() as u64).sum() };
-    let mut unchanged = HashMap::new();
-    for (spec, batches, _) in outputs.iter_mut() {
-        let columns: &[&str] = if spec.name == tables::conflicts().name {
-            &["profile_id", "other_profile_id"]
-        } else {
-            &["profile_id"]
-        };
-        let in_memory = if spec.name == tables::identities().name {
-            Some(identities.to_vec())
-        } else {
-            stored.read.remove(&spec.name)
-        };
-        let (old, kept) = match in_memory {
-            Some(rows) => {
-                let split = incremental::split(&rows, columns, affected, &spec.schema)?;
-                (split.replaced, Some(split.kept))
-            }
-            None => (stored.rows_of(spec, columns, ids.clone()).await?, None),
-        };
-        if incremental::same_rows(&old, batches, &spec.schema)? {
-            let rows = match &kept {
-                Some(kept) => count(kept) + count(&old),
-                None => stored.count(spec).await?,
-            };
-            unchanged.insert(spec.name.clone(), rows);
-            continue;
-        }
-        let kept = match kept {
-            Some(kept) => kept,
-            None => {
-                let rows = stored.take(spec).await?;
-                incremental::split(&rows, columns, affected, &spec.schema)?.kept
-            }
-        };
-        batches.extend(kept);
-    }
-    Ok(unchanged)
+    stored::Source::new(ws).text_rows(spec, query).await
 }
 
 /// Rows in `identities`, `profiles`, known profiles, and rows in `identity_conflicts`.
