@@ -136,14 +136,15 @@ pub fn split(
         kept: Vec::with_capacity(batches.len()),
         replaced: Vec::with_capacity(batches.len()),
     };
+    // Filtered before they are conformed: filtering string views copies the views only, and
+    // each row's text is then copied once, into the part it belongs to.
     for b in batches {
-        let b = conform(b, schema)?;
-        let keep = mask(&b, columns, affected)?;
-        out.kept
-            .push(arrow::compute::filter_record_batch(&b, &keep)?);
+        let keep = mask(b, columns, affected)?;
+        let kept = arrow::compute::filter_record_batch(b, &keep)?;
+        out.kept.push(conform(&kept, schema)?);
         let replace = arrow::compute::not(&keep)?;
-        out.replaced
-            .push(arrow::compute::filter_record_batch(&b, &replace)?);
+        let replaced = arrow::compute::filter_record_batch(b, &replace)?;
+        out.replaced.push(conform(&replaced, schema)?);
     }
     Ok(out)
 }
