@@ -156,7 +156,7 @@ fn new_id(g: &Graph, earliest: u32, used: &mut Taken, is_taken: &impl Fn(&str) -
         );
         let n = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
         let id = made_text(n);
-        if !is_taken(&id) && used.made.insert(n) {
+        if !is_taken(&id) && used.insert_made(n) {
             return id;
         }
         salt += 1;
@@ -223,6 +223,11 @@ impl<'a> Taken<'a> {
             Some(n) => self.made.insert(n),
             None => self.other.insert(id),
         };
+    }
+
+    /// Adds the id `made_text(n)`; false when it was in the set already.
+    fn insert_made(&mut self, n: u64) -> bool {
+        self.made.insert(n)
     }
 
     pub fn contains(&self, id: &str) -> bool {

@@ -191,7 +191,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     if mode == Mode::Full {
         new_files = sources.iter().map(|_| None).collect();
     }
-    let mut stored = stored::Stored::new(stored::Source::new(ws));
+    let source = stored::Source::new(ws);
     let mut new: Vec<Sighting> = Vec::new();
     for ((name, table), files) in sources.iter().zip(new_files) {
         if name == schema::EVENTS {
@@ -256,21 +256,23 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     // An incremental run rewrites `identities` from these rows; the others need the ids only.
     let identities_spec = tables::identities();
     let identities: Vec<arrow::array::RecordBatch> = if mode == Mode::Incremental {
-        stored
-            .take(&identities_spec)
+        source
+            .all(&identities_spec)
             .await?
             .iter()
             .map(|b| crate::storage::conform(b, &identities_spec.schema))
             .collect::<Result<_>>()?
     } else {
         let query = "select id_type, id_value, profile_id from t";
-        match stored.source.stream(&identities_spec, query).await? {
+        match source.stream(&identities_spec, query).await? {
             Some(stream) => stream.try_collect().await?,
             None => Vec::new(),
         }
     };
     phases.mark("read identities");
     let mut prior = None;
+    // Stored tables an incremental run has read already and rewrites later, by name.
+    let mut in_memory = HashMap::new();
     let mut all = Vec::new();
     match mode {
         Mode::Full => {}
@@ -281,9 +283,11 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             all = sightings::load(&ctx, t, None).await?;
         }
         Mode::Incremental => {
-            let conflicts = stored.take(&tables::conflicts()).await?;
+            let conflicts_spec = tables::conflicts();
+            let conflicts = source.all(&conflicts_spec).await?;
             let pairs = incremental::profile_pairs(&conflicts)?;
-            stored.put_back(&tables::conflicts(), conflicts);
+            in_memory.insert(conflicts_spec.name, conflicts);
+            in_memory.insert(identities_spec.name.clone(), identities.clone());
             let mut p = incremental::prior(
                 &identities,
                 &incremental::wanted(&new_graph, &new, &normalisers),
@@ -423,7 +427,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
         .as_ref()
         .map(|p| std::sync::Arc::new(p.affected.clone()));
     let profiles_table = tokio::spawn(stored::profiles_table(
-        stored.source.clone(),
+        source.clone(),
         profiles,
         affected.clone(),
         config.trait_identifiers.clone(),
@@ -432,7 +436,7 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
     // An incremental run keeps the stored rows of every profile it did not recompute.
     let mut unchanged = HashMap::new();
     if let Some(affected) = affected {
-        unchanged = stored::keep(&mut stored, &mut outputs, &identities, affected).await?;
+        unchanged = stored::keep(&source, &mut outputs, in_memory, affected).await?;
         phases.mark("keep");
     }
     let rows_of = |name: &str| -> u64 {

@@ -73,61 +73,31 @@ impl Source {
             None => Ok(Vec::new()),
         }
     }
-
-    /// The rows of the table of `spec` in which one of `columns` holds one of `ids`. The
-    /// filter runs inside the Parquet scan: the other columns are decoded for those rows only.
-    async fn rows_of(
-        &self,
-        spec: &TableSpec,
-        columns: &[&str],
-        ids: Arc<incremental::Ids>,
-    ) -> Result<Vec<RecordBatch>> {
-        let Some(ctx) = self.context(spec).await? else {
-            return Ok(Vec::new());
-        };
-        ctx.register_udf(incremental::member_of("is_affected", ids));
-        let condition: Vec<String> = columns
-            .iter()
-            .map(|c| format!("is_affected({c})"))
-            .collect();
-        let query = format!("select * from t where {}", condition.join(" or "));
-        Ok(ctx.sql(&query).await?.collect().await?)
-    }
-
-    /// The number of rows of the table of `spec` (from its file statistics).
-    async fn count(&self, spec: &TableSpec) -> Result<u64> {
-        let rows = self.text_rows(spec, "select count(*) from t").await?;
-        Ok(rows.first().and_then(|r| r[0].parse().ok()).unwrap_or(0))
-    }
 }
 
-/// Stored tables an incremental run rewrites, read when first needed and kept while they are
-/// needed again.
-pub struct Stored {
-    pub source: Source,
-    read: HashMap<String, Vec<RecordBatch>>,
+/// The rows of `t` in `ctx` in which one of `columns` holds one of `ids`. The filter runs
+/// inside the Parquet scan: the other columns are decoded for those rows only.
+async fn rows_of(
+    ctx: &SessionContext,
+    columns: &[&str],
+    ids: Arc<incremental::Ids>,
+) -> Result<Vec<RecordBatch>> {
+    ctx.register_udf(incremental::member_of("is_affected", ids));
+    let condition: Vec<String> = columns
+        .iter()
+        .map(|c| format!("is_affected({c})"))
+        .collect();
+    let query = format!("select * from t where {}", condition.join(" or "));
+    Ok(ctx.sql(&query).await?.collect().await?)
 }
 
-impl Stored {
-    pub fn new(source: Source) -> Stored {
-        Stored {
-            source,
-            read: HashMap::new(),
-        }
-    }
-
-    /// Every row of the table of `spec` (none when it does not exist).
-    pub async fn take(&mut self, spec: &TableSpec) -> Result<Vec<RecordBatch>> {
-        match self.read.remove(&spec.name) {
-            Some(rows) => Ok(rows),
-            None => self.source.all(spec).await,
-        }
-    }
-
-    /// Rows taken and needed again later.
-    pub fn put_back(&mut self, spec: &TableSpec, rows: Vec<RecordBatch>) {
-        self.read.insert(spec.name.clone(), rows);
-    }
+/// The number of rows of `t` in `ctx` (from its file statistics).
+async fn count(ctx: &SessionContext) -> Result<u64> {
+    let batches = ctx.sql("select count(*) from t").await?.collect().await?;
+    Ok(match batches.first() {
+        Some(b) if b.num_rows() > 0 => sightings::ints(b.column(0))?.value(0) as u64,
+        _ => 0,
+    })
 }
 
 /// What an incremental run does with one output table.
@@ -140,29 +110,24 @@ enum Kept {
 }
 
 /// Adds to the identity, key, route, conflict and consent outputs the stored rows of every
-/// profile not in `affected` (`identities` holds the stored identities, already read). A
-/// table whose stored rows of the affected profiles are the recomputed ones needs no new
-/// version: it is returned among the unchanged, with its row count. Tables not in memory are
-/// first read for the affected rows only, and whole only when they changed.
+/// profile not in `affected`; `in_memory` holds the stored rows of tables already read, by
+/// name. A table whose stored rows of the affected profiles are the recomputed ones needs no
+/// new version: it is returned among the unchanged, with its row count. Tables not in memory
+/// are first read for the affected rows only, and whole only when they changed.
 pub async fn keep(
-    stored: &mut Stored,
+    source: &Source,
     outputs: &mut [Output],
-    identities: &[RecordBatch],
+    mut in_memory: HashMap<String, Vec<RecordBatch>>,
     affected: Arc<incremental::Ids>,
 ) -> Result<HashMap<String, u64>> {
     let tasks: Vec<_> = outputs
         .iter()
         .map(|(spec, batches, _)| {
-            let in_memory = if spec.name == tables::identities().name {
-                Some(identities.to_vec())
-            } else {
-                stored.read.remove(&spec.name)
-            };
             tokio::spawn(keep_table(
-                stored.source.clone(),
+                source.clone(),
                 spec.clone(),
                 batches.clone(),
-                in_memory,
+                in_memory.remove(&spec.name),
                 affected.clone(),
             ))
         })
@@ -191,36 +156,35 @@ async fn keep_table(
     in_memory: Option<Vec<RecordBatch>>,
     affected: Arc<incremental::Ids>,
 ) -> Result<Kept> {
-    let count = |bs: &[RecordBatch]| -> u64 { bs.iter().map(|b| b.num_rows() as u64).sum() };
     let columns: &[&str] = if spec.name == tables::conflicts().name {
         &["profile_id", "other_profile_id"]
     } else {
         &["profile_id"]
     };
-    let (old, kept) = match in_memory {
-        Some(rows) => {
-            let split = incremental::split(&rows, columns, &affected, &spec.schema)?;
-            (split.replaced, Some(split.kept))
-        }
-        None => (
-            source.rows_of(&spec, columns, affected.clone()).await?,
-            None,
-        ),
-    };
-    if incremental::same_rows(&old, &new, &spec.schema)? {
-        let rows = match &kept {
-            Some(kept) => count(kept) + count(&old),
-            None => source.count(&spec).await?,
-        };
-        return Ok(Kept::Unchanged(rows));
-    }
-    Ok(Kept::Rows(match kept {
-        Some(kept) => kept,
+    // The stored rows, and whether they are already known to differ from `new`.
+    let (stored, changed) = match in_memory {
+        Some(rows) => (rows, false),
         None => {
-            let rows = source.all(&spec).await?;
-            incremental::split(&rows, columns, &affected, &spec.schema)?.kept
+            let Some(ctx) = source.context(&spec).await? else {
+                return Ok(if new.is_empty() {
+                    Kept::Unchanged(0)
+                } else {
+                    Kept::Rows(Vec::new())
+                });
+            };
+            let old = rows_of(&ctx, columns, affected.clone()).await?;
+            if incremental::same_rows(&old, &new, &spec.schema)? {
+                return Ok(Kept::Unchanged(count(&ctx).await?));
+            }
+            (ctx.sql("select * from t").await?.collect().await?, true)
         }
-    }))
+    };
+    let split = incremental::split(&stored, columns, &affected, &spec.schema)?;
+    if !changed && incremental::same_rows(&split.replaced, &new, &spec.schema)? {
+        let rows = |bs: &[RecordBatch]| bs.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        return Ok(Kept::Unchanged(rows(&split.kept) + rows(&split.replaced)));
+    }
+    Ok(Kept::Rows(split.kept))
 }
 
 /// The rows of `profiles`: those of the recomputed `profiles`, and in an incremental run the
