@@ -41,6 +41,16 @@ impl Segments {
     /// Opens the workspace's tables and reads its `.seg` files.
     pub async fn open(ws: &Workspace) -> Result<Segments> {
         let (ctx, _) = crate::sql::session(ws).await?;
+        // A hash join builds its table from its left side. The compiler puts the smaller,
+        // aggregated side there (`Compiled::members`); DataFusion's reordering by estimated
+        // statistics would swap it for the 3.5M rows of `profile_routes` at 1M people,
+        // because it estimates an aggregation's output as large as its input.
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .join_reordering = false;
         let catalog = Catalog::load(ws, &ctx).await?;
         let library = Library::load(&ws.dir.join(&ws.config.segments.dir), &ws.dir)?;
         Ok(Segments {

@@ -46,6 +46,11 @@ impl Dialect {
         }
     }
 
+    /// Whether the engine has `FULL JOIN` (MySQL has not).
+    pub fn has_full_join(self) -> bool {
+        self != Dialect::Mysql
+    }
+
     /// Whether aggregates take `FILTER (WHERE …)`; the others get `CASE WHEN … END` arguments.
     pub fn has_filter(self) -> bool {
         matches!(

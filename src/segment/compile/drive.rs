@@ -16,7 +16,13 @@ use datafusion::sql::sqlparser::ast::{
 
 /// Whether `cond` can only hold for a person with a row in the derived table `alias`.
 pub fn required(cond: &Expr, alias: &str) -> bool {
-    matches!(eval(cond, alias), V::Null | V::Bool(false))
+    required_one_of(cond, &[alias])
+}
+
+/// Whether `cond` can only hold for a person with a row in at least one of the derived tables
+/// `aliases`: `exists(a) or count(b) >= 3` needs neither table alone, but one of the two.
+pub fn required_one_of(cond: &Expr, aliases: &[&str]) -> bool {
+    matches!(eval(cond, aliases), V::Null | V::Bool(false))
 }
 
 /// Whether `cond` reads a column of table `alias` (`alias.column`).
@@ -40,10 +46,14 @@ enum V {
     Unknown,
 }
 
-fn eval(e: &Expr, alias: &str) -> V {
+fn eval(e: &Expr, alias: &[&str]) -> V {
     match e {
         Expr::Nested(inner) => eval(inner, alias),
-        Expr::CompoundIdentifier(parts) if parts.len() == 2 && parts[0].value == alias => V::Null,
+        Expr::CompoundIdentifier(parts)
+            if parts.len() == 2 && alias.contains(&parts[0].value.as_str()) =>
+        {
+            V::Null
+        }
         Expr::Value(v) => match &v.value {
             Value::Null => V::Null,
             Value::Boolean(b) => V::Bool(*b),
@@ -150,6 +160,18 @@ mod tests {
         assert!(!req("coalesce(a.a0, p.n) > 3"));
         assert!(!req("p.country IN ('DE')"));
         assert!(!req("t.clv > 200"));
+    }
+
+    #[test]
+    fn one_of_several_tables_can_be_required_when_none_is_alone() {
+        let e = sql::expr("coalesce(a.a0, 0) > 0 OR coalesce(c0.n, 0) >= 3", &[]);
+        assert!(!required(&e, "a"));
+        assert!(!required(&e, "c0"));
+        assert!(required_one_of(&e, &["a", "c0"]));
+        let e = sql::expr("coalesce(a.a0, 0) > 0 OR coalesce(c0.n, 0) = 0", &[]);
+        assert!(!required_one_of(&e, &["a", "c0"]), "no rows in c0 passes");
+        let e = sql::expr("coalesce(a.a0, 0) > 0 OR t.clv > 100", &[]);
+        assert!(!required_one_of(&e, &["a"]), "traits alone can pass");
     }
 
     #[test]

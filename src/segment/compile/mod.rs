@@ -57,21 +57,27 @@ pub type Errors = Vec<(usize, Diagnostic)>;
 
 impl Compiled {
     /// The query returning the member profile ids. It starts from a derived table the
-    /// condition cannot do without (`drive`), when there is one, and reads `profiles` only
-    /// when the condition needs a profile field: a segment over events then never touches the
-    /// people who have none of them.
+    /// condition cannot do without (`drive`), when there is one, or else from every derived
+    /// table together when the condition needs a row in one of them (`exists(a) or exists(b)`),
+    /// and reads `profiles` only when the condition needs a profile field: a segment over
+    /// events then never touches the people who have none of them.
     pub fn members(&self) -> Query {
-        let required: Vec<&str> = self
-            .joins
-            .iter()
-            .map(|(alias, _)| alias.as_str())
+        let aliases: Vec<&str> = self.joins.iter().map(|(a, _)| a.as_str()).collect();
+        let required: Vec<&str> = (aliases.iter().copied())
             .filter(|alias| drive::required(&self.condition, alias))
             .collect();
-        let from = match required.first() {
-            Some(alias) if !drive::references(&self.condition, "p") => alias,
-            _ => "p",
+        let mut q = if drive::references(&self.condition, "p") {
+            self.base(&[], &required)
+        } else if let Some(alias) = required.first() {
+            self.base(&[alias], &required)
+        } else if aliases.len() > 1
+            && self.dialect.has_full_join()
+            && drive::required_one_of(&self.condition, &aliases)
+        {
+            self.base(&aliases, &required)
+        } else {
+            self.base(&[], &required)
         };
-        let mut q = self.base(from, &required);
         sql::select_mut(&mut q).selection = Some(self.condition.clone());
         q
     }
@@ -79,7 +85,7 @@ impl Compiled {
     /// The same members as `members`, in the plain shape it improves on: every profile, each
     /// derived table left-joined. Tests check the two agree.
     pub fn members_from_profiles(&self) -> Query {
-        let mut q = self.base("p", &[]);
+        let mut q = self.base(&[], &[]);
         sql::select_mut(&mut q).selection = Some(self.condition.clone());
         q
     }
@@ -87,7 +93,7 @@ impl Compiled {
     /// The query returning, for one profile, each leaf's value and result and membership.
     pub fn why(&self, profile_id: &str) -> Query {
         let d = self.dialect;
-        let mut q = self.base("p", &[]);
+        let mut q = self.base(&[], &[]);
         let select = sql::select_mut(&mut q);
         select.projection.push(sql::item(
             sql::expr(
@@ -114,32 +120,56 @@ impl Compiled {
         q
     }
 
-    /// `SELECT <from>.profile_id FROM …` with every other table joined on the profile id:
-    /// `from` is `p` (profiles) or the alias of a derived table, and the `required` derived
-    /// tables are inner joins, the others left joins.
-    fn base(&self, from: &str, required: &[&str]) -> Query {
-        let template = if from == "p" {
-            "SELECT p.profile_id FROM profiles AS p".to_string()
-        } else {
-            format!("SELECT {from}.profile_id FROM sub_{from} AS {from}")
+    /// `SELECT … profile_id FROM …` with every other table joined on the profile id. The query
+    /// starts from `profiles` (`p`) when `from` is empty, from one derived table, or from
+    /// several full-joined (a person is in at least one of them). The `required` derived
+    /// tables are inner joins, the others left joins. The table a join starts from comes
+    /// first: segment sessions build each hash join from its left side (`Segments::open`).
+    fn base(&self, from: &[&str], required: &[&str]) -> Query {
+        let (mut template, key) = match from {
+            [] => (
+                "SELECT p.profile_id FROM profiles AS p".to_string(),
+                "p.profile_id".to_string(),
+            ),
+            [one] => (
+                format!("SELECT {one}.profile_id FROM sub_{one} AS {one}"),
+                format!("{one}.profile_id"),
+            ),
+            [first, rest @ ..] => {
+                let mut template = String::new();
+                let mut ids = vec![format!("{first}.profile_id")];
+                for alias in rest {
+                    let key = coalesce(&ids);
+                    template.push_str(&format!(
+                        " FULL JOIN sub_{alias} AS {alias} ON {alias}.profile_id = {key}"
+                    ));
+                    ids.push(format!("{alias}.profile_id"));
+                }
+                let key = coalesce(&ids);
+                (
+                    format!("SELECT {key} AS profile_id FROM sub_{first} AS {first}{template}"),
+                    key,
+                )
+            }
         };
-        let mut joins = String::new();
         if self.uses_traits {
-            joins.push_str(&format!(
-                " LEFT JOIN traits AS t ON t.profile_id = {from}.profile_id"
-            ));
+            template.push_str(&format!(" LEFT JOIN traits AS t ON t.profile_id = {key}"));
         }
-        for (alias, _) in self.joins.iter().filter(|(a, _)| a != from) {
+        for (alias, _) in self
+            .joins
+            .iter()
+            .filter(|(a, _)| !from.contains(&a.as_str()))
+        {
             let kind = if required.contains(&alias.as_str()) {
                 "JOIN"
             } else {
                 "LEFT JOIN"
             };
-            joins.push_str(&format!(
-                " {kind} sub_{alias} AS {alias} ON {alias}.profile_id = {from}.profile_id"
+            template.push_str(&format!(
+                " {kind} sub_{alias} AS {alias} ON {alias}.profile_id = {key}"
             ));
         }
-        let mut q = sql::query(&format!("{template}{joins}"), &[]);
+        let mut q = sql::query(&template, &[]);
         let from = &mut sql::select_mut(&mut q).from[0];
         self.derive(&mut from.relation);
         for join in &mut from.joins {
@@ -166,6 +196,14 @@ impl Compiled {
             alias: alias.clone(),
             sample: None,
         };
+    }
+}
+
+/// `coalesce(a, b, …)` of the given columns, or the one column.
+fn coalesce(ids: &[String]) -> String {
+    match ids {
+        [one] => one.clone(),
+        _ => format!("coalesce({})", ids.join(", ")),
     }
 }
 
