@@ -22,7 +22,7 @@ pub fn required(cond: &Expr, alias: &str) -> bool {
 /// Whether `cond` can only hold for a person with a row in at least one of the derived tables
 /// `aliases`: `exists(a) or count(b) >= 3` needs neither table alone, but one of the two.
 pub fn required_one_of(cond: &Expr, aliases: &[&str]) -> bool {
-    matches!(eval(cond, aliases), V::Null | V::Bool(false))
+    matches!(eval(cond, aliases), V::Null | V::Bool(false) | V::NotTrue)
 }
 
 /// Whether `cond` reads a column of table `alias` (`alias.column`).
@@ -36,11 +36,13 @@ pub fn references(cond: &Expr, alias: &str) -> bool {
     .is_break()
 }
 
-/// A value under three-valued logic; `Unknown` is any value at all, NULL included.
+/// A value under three-valued logic; `Unknown` is any value at all, NULL included, and
+/// `NotTrue` is NULL or FALSE (`NULL AND x`).
 #[derive(Debug, Clone, PartialEq)]
 enum V {
     Null,
     Bool(bool),
+    NotTrue,
     Num(f64),
     Text(String),
     Unknown,
@@ -62,11 +64,11 @@ fn eval(e: &Expr, alias: &[&str]) -> V {
             _ => V::Unknown,
         },
         Expr::IsNull(inner) => match eval(inner, alias) {
-            V::Unknown => V::Unknown,
+            V::Unknown | V::NotTrue => V::Unknown,
             v => V::Bool(v == V::Null),
         },
         Expr::IsNotNull(inner) => match eval(inner, alias) {
-            V::Unknown => V::Unknown,
+            V::Unknown | V::NotTrue => V::Unknown,
             v => V::Bool(v != V::Null),
         },
         Expr::UnaryOp {
@@ -78,6 +80,15 @@ fn eval(e: &Expr, alias: &[&str]) -> V {
             _ => V::Unknown,
         },
         Expr::BinaryOp { left, op, right } => binary(op, eval(left, alias), eval(right, alias)),
+        // `NULL IN (…)` and `NULL BETWEEN … AND …` are NULL whatever the list or bounds.
+        Expr::InList { expr, list, .. } if !list.is_empty() => match eval(expr, alias) {
+            V::Null => V::Null,
+            _ => V::Unknown,
+        },
+        Expr::Between { expr, .. } => match eval(expr, alias) {
+            V::Null => V::Null,
+            _ => V::Unknown,
+        },
         Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("coalesce") => {
             let FunctionArguments::List(list) = &f.args else {
                 return V::Unknown;
@@ -88,6 +99,7 @@ fn eval(e: &Expr, alias: &[&str]) -> V {
                 };
                 match eval(x, alias) {
                     V::Null => continue,
+                    V::NotTrue => return V::Unknown,
                     v => return v,
                 }
             }
@@ -104,12 +116,16 @@ fn binary(op: &BinaryOperator, l: V, r: V) -> V {
             (V::Bool(false), _) | (_, V::Bool(false)) => V::Bool(false),
             (V::Bool(true), V::Bool(true)) => V::Bool(true),
             (V::Null | V::Bool(true), V::Null | V::Bool(true)) => V::Null,
+            (V::Null | V::NotTrue, _) | (_, V::Null | V::NotTrue) => V::NotTrue,
             _ => V::Unknown,
         },
         B::Or => match (l, r) {
             (V::Bool(true), _) | (_, V::Bool(true)) => V::Bool(true),
             (V::Bool(false), V::Bool(false)) => V::Bool(false),
             (V::Null | V::Bool(false), V::Null | V::Bool(false)) => V::Null,
+            (V::Null | V::Bool(false) | V::NotTrue, V::Null | V::Bool(false) | V::NotTrue) => {
+                V::NotTrue
+            }
             _ => V::Unknown,
         },
         B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq => {
@@ -160,6 +176,16 @@ mod tests {
         assert!(!req("coalesce(a.a0, p.n) > 3"));
         assert!(!req("p.country IN ('DE')"));
         assert!(!req("t.clv > 200"));
+        assert!(req("a.a0 IN (1, 2) AND p.x = 1"));
+        assert!(req("a.a0 NOT IN (1, 2)"), "NULL NOT IN (…) is NULL");
+        assert!(req("a.a0 BETWEEN 1 AND p.n"));
+        assert!(!req("p.x IN (1, a.a0)"));
+        // NULL AND anything is never true; NOT of that can be.
+        assert!(req("a.a0 > 1 AND p.x = 1"));
+        assert!(req("(a.a0 > 1 AND p.x = 1) OR coalesce(a.a1, 0) > 0"));
+        assert!(!req("NOT (a.a0 > 1 AND p.x = 1)"));
+        assert!(!req("(a.a0 > 1 AND p.x = 1) IS NULL"));
+        assert!(!req("coalesce(a.a0 > 1 AND p.x = 1, true)"));
     }
 
     #[test]

@@ -56,29 +56,36 @@ pub struct Compiled {
 pub type Errors = Vec<(usize, Diagnostic)>;
 
 impl Compiled {
-    /// The query returning the member profile ids. It starts from a derived table the
-    /// condition cannot do without (`drive`), when there is one, or else from every derived
-    /// table together when the condition needs a row in one of them (`exists(a) or exists(b)`),
-    /// and reads `profiles` only when the condition needs a profile field: a segment over
-    /// events then never touches the people who have none of them.
+    /// The query returning the member profile ids. It starts from the profiles when the
+    /// condition reads a profile field, else from what it cannot do without (`drive`): a
+    /// derived table, else the traits, else every derived table together when it needs a row
+    /// in one of them (`exists(a) or exists(b)`). A segment over events then never touches the
+    /// people who have none of them.
     pub fn members(&self) -> Query {
+        let cond = &self.condition;
         let aliases: Vec<&str> = self.joins.iter().map(|(a, _)| a.as_str()).collect();
         let required: Vec<&str> = (aliases.iter().copied())
-            .filter(|alias| drive::required(&self.condition, alias))
+            .filter(|alias| drive::required(cond, alias))
             .collect();
-        let mut q = if drive::references(&self.condition, "p") {
-            self.base(&[], &required)
+        // A filter on profile fields goes first: its hash table is then small, and the ids it
+        // keeps prune the other tables' scans (new_visitor_signups at 1M people: 2.5 s this
+        // way, 3.8-4.2 s starting from the sequence and joining the profiles to it).
+        let from = if drive::references(cond, "p") {
+            Vec::new()
         } else if let Some(alias) = required.first() {
-            self.base(&[alias], &required)
+            vec![*alias]
+        } else if self.uses_traits && drive::required(cond, "t") {
+            vec!["t"]
         } else if aliases.len() > 1
             && self.dialect.has_full_join()
-            && drive::required_one_of(&self.condition, &aliases)
+            && drive::required_one_of(cond, &aliases)
         {
-            self.base(&aliases, &required)
+            aliases.clone()
         } else {
-            self.base(&[], &required)
+            Vec::new()
         };
-        sql::select_mut(&mut q).selection = Some(self.condition.clone());
+        let mut q = self.base(&from, &required);
+        sql::select_mut(&mut q).selection = Some(cond.clone());
         q
     }
 
@@ -121,15 +128,21 @@ impl Compiled {
     }
 
     /// `SELECT … profile_id FROM …` with every other table joined on the profile id. The query
-    /// starts from `profiles` (`p`) when `from` is empty, from one derived table, or from
-    /// several full-joined (a person is in at least one of them). The `required` derived
-    /// tables are inner joins, the others left joins. The table a join starts from comes
-    /// first: segment sessions build each hash join from its left side (`Segments::open`).
+    /// starts from `profiles` (`p`) when `from` is empty, from the traits (`t`) or one derived
+    /// table, or from several derived tables full-joined (a person is in at least one). The
+    /// profiles are joined to the traits, which may still hold profiles merged away since they
+    /// were computed. The `required` derived tables are inner joins, the others left joins. The
+    /// table a join starts from comes first: segment sessions build each hash join from its
+    /// left side (`Segments::open`).
     fn base(&self, from: &[&str], required: &[&str]) -> Query {
         let (mut template, key) = match from {
             [] => (
                 "SELECT p.profile_id FROM profiles AS p".to_string(),
                 "p.profile_id".to_string(),
+            ),
+            ["t"] => (
+                "SELECT t.profile_id FROM traits AS t".to_string(),
+                "t.profile_id".to_string(),
             ),
             [one] => (
                 format!("SELECT {one}.profile_id FROM sub_{one} AS {one}"),
@@ -152,7 +165,10 @@ impl Compiled {
                 )
             }
         };
-        if self.uses_traits {
+        if from == ["t"] {
+            template.push_str(" JOIN profiles AS p ON p.profile_id = t.profile_id");
+        }
+        if self.uses_traits && from != ["t"] {
             template.push_str(&format!(" LEFT JOIN traits AS t ON t.profile_id = {key}"));
         }
         for (alias, _) in self
