@@ -256,6 +256,44 @@ fn traits_compute_writes_rfm_and_clv_usable_in_sql_and_segments() {
         "select count(*) from traits where purchase_propensity_30d > 0.5",
     );
     assert_eq!(n, expected);
+
+    // Traits computed before a merge still hold the profile merged away: a segment over
+    // traits selects current profiles only. A known customer identifies with the e-mail of a
+    // buyer who never logged in, which merges their two profiles.
+    let with_rfm = |id_type: &str, with_user_id: bool| {
+        common::sql(
+            &ws,
+            &format!(
+                "select min(i.id_value) from identities i join traits t using (profile_id) \
+                 where i.id_type = '{id_type}' and t.rfm_segment is not null and \
+                 {} exists (select 1 from identities u \
+                 where u.profile_id = i.profile_id and u.id_type = 'user_id')",
+                if with_user_id { "" } else { "not" }
+            ),
+        )[0]
+        .clone()
+    };
+    let (user, email) = (with_rfm("user_id", true), with_rfm("email", false));
+    let event = serde_json::json!({"type": "identify", "messageId": "merge-1", "userId": user,
+        "traits": {"email": email}, "timestamp": "2026-06-30T12:00:00Z"});
+    let file = common::write(&ws, "merge.jsonl", &event.to_string());
+    ok(tribe(&ws).args(["ingest", "events", file.to_str().unwrap()]));
+    ok(tribe(&ws).args(["resolve"]));
+    let stale = "select count(*) from traits where rfm_segment is not null \
+                 and profile_id not in (select profile_id from profiles)";
+    assert_eq!(
+        common::sql_count(&ws, stale),
+        1,
+        "the merge left one stale traits row"
+    );
+    std::fs::write(
+        ws.join("queries/rfm.seg"),
+        "segment has_rfm = rfm_segment is not null\n",
+    )
+    .unwrap();
+    let current = "select count(*) from traits join profiles using (profile_id) \
+                   where rfm_segment is not null";
+    assert_eq!(members("has_rfm"), common::sql_count(&ws, current));
 }
 
 /// The issue's yardstick: on CDNOW (calibration to 1997-09-30, label: any purchase in the
