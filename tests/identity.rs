@@ -504,6 +504,8 @@ fn limits_blocks_merges_and_splits() {
         vec![profile_of(dir, "anonymous_id", "a9")]
     );
 
+    // Before any merge the table is there for SQL, empty.
+    assert_eq!(sql_count(dir, "select count(*) from profile_merges"), 0);
     // The visitor logs in: the two profiles merge, and the older id (the visit's) survives.
     let visitor = profile_of(dir, "anonymous_id", "a3");
     let user = profile_of(dir, "user_id", "u3");

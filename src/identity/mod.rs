@@ -467,6 +467,10 @@ pub async fn resolve(ws: &Workspace, options: Options) -> Result<Report> {
             ],
         )?;
         outputs.push((merges_spec, vec![rows], WriteMode::Append));
+    } else {
+        // A workspace whose profiles never merged still has the table, empty, so that SQL
+        // over it (and the privacy commands that read it) finds no rows instead of no table.
+        ws.storage.open_or_create(&tables::merges()).await?;
     }
     sightings_write
         .await
