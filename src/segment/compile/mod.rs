@@ -55,6 +55,16 @@ pub struct Compiled {
 /// Errors of a compilation, by file index in the library.
 pub type Errors = Vec<(usize, Diagnostic)>;
 
+/// What a members query starts from; every other table is joined to it.
+enum Start<'a> {
+    /// Every profile (`p`).
+    Profiles,
+    /// The computed traits (`t`) of current profiles.
+    Traits,
+    /// One derived table, or several full-joined (a person is in at least one of them).
+    Derived(Vec<&'a str>),
+}
+
 impl Compiled {
     /// The query returning the member profile ids. It starts from the profiles when the
     /// condition reads a profile field, else from what it cannot do without (`drive`): a
@@ -70,21 +80,21 @@ impl Compiled {
         // A filter on profile fields goes first: its hash table is then small, and the ids it
         // keeps prune the other tables' scans (new_visitor_signups at 1M people: 2.5 s this
         // way, 3.8-4.2 s starting from the sequence and joining the profiles to it).
-        let from = if drive::references(cond, "p") {
-            Vec::new()
+        let start = if drive::references(cond, "p") {
+            Start::Profiles
         } else if let Some(alias) = required.first() {
-            vec![*alias]
+            Start::Derived(vec![*alias])
         } else if self.uses_traits && drive::required(cond, "t") {
-            vec!["t"]
+            Start::Traits
         } else if aliases.len() > 1
             && self.dialect.has_full_join()
             && drive::required_one_of(cond, &aliases)
         {
-            aliases.clone()
+            Start::Derived(aliases.clone())
         } else {
-            Vec::new()
+            Start::Profiles
         };
-        let mut q = self.base(&from, &required);
+        let mut q = self.base(&start, &required);
         sql::select_mut(&mut q).selection = Some(cond.clone());
         q
     }
@@ -92,7 +102,7 @@ impl Compiled {
     /// The same members as `members`, in the plain shape it improves on: every profile, each
     /// derived table left-joined. Tests check the two agree.
     pub fn members_from_profiles(&self) -> Query {
-        let mut q = self.base(&[], &[]);
+        let mut q = self.base(&Start::Profiles, &[]);
         sql::select_mut(&mut q).selection = Some(self.condition.clone());
         q
     }
@@ -100,7 +110,7 @@ impl Compiled {
     /// The query returning, for one profile, each leaf's value and result and membership.
     pub fn why(&self, profile_id: &str) -> Query {
         let d = self.dialect;
-        let mut q = self.base(&[], &[]);
+        let mut q = self.base(&Start::Profiles, &[]);
         let select = sql::select_mut(&mut q);
         select.projection.push(sql::item(
             sql::expr(
@@ -127,28 +137,33 @@ impl Compiled {
         q
     }
 
-    /// `SELECT … profile_id FROM …` with every other table joined on the profile id. The query
-    /// starts from `profiles` (`p`) when `from` is empty, from the traits (`t`) or one derived
-    /// table, or from several derived tables full-joined (a person is in at least one). The
-    /// profiles are joined to the traits, which may still hold profiles merged away since they
-    /// were computed. The `required` derived tables are inner joins, the others left joins. The
+    /// `SELECT … profile_id FROM …` starting from `start`, with every other table joined on the
+    /// profile id. The `required` derived tables are inner joins, the others left joins. The
     /// table a join starts from comes first: segment sessions build each hash join from its
     /// left side (`Segments::open`).
-    fn base(&self, from: &[&str], required: &[&str]) -> Query {
-        let (mut template, key) = match from {
-            [] => (
+    fn base(&self, start: &Start, required: &[&str]) -> Query {
+        let derived: &[&str] = match start {
+            Start::Derived(aliases) => aliases,
+            Start::Profiles | Start::Traits => &[],
+        };
+        let (mut template, key) = match (start, derived) {
+            (Start::Profiles, _) => (
                 "SELECT p.profile_id FROM profiles AS p".to_string(),
                 "p.profile_id".to_string(),
             ),
-            ["t"] => (
-                "SELECT t.profile_id FROM traits AS t".to_string(),
+            // The traits may still hold profiles merged away since they were computed: the
+            // join to the profiles drops those.
+            (Start::Traits, _) => (
+                "SELECT t.profile_id FROM traits AS t JOIN profiles AS p ON p.profile_id = t.profile_id"
+                    .to_string(),
                 "t.profile_id".to_string(),
             ),
-            [one] => (
+            (_, []) => unreachable!("a query starts from at least one derived table"),
+            (_, [one]) => (
                 format!("SELECT {one}.profile_id FROM sub_{one} AS {one}"),
                 format!("{one}.profile_id"),
             ),
-            [first, rest @ ..] => {
+            (_, [first, rest @ ..]) => {
                 let mut template = String::new();
                 let mut ids = vec![format!("{first}.profile_id")];
                 for alias in rest {
@@ -165,16 +180,13 @@ impl Compiled {
                 )
             }
         };
-        if from == ["t"] {
-            template.push_str(" JOIN profiles AS p ON p.profile_id = t.profile_id");
-        }
-        if self.uses_traits && from != ["t"] {
+        if self.uses_traits && !matches!(start, Start::Traits) {
             template.push_str(&format!(" LEFT JOIN traits AS t ON t.profile_id = {key}"));
         }
         for (alias, _) in self
             .joins
             .iter()
-            .filter(|(a, _)| !from.contains(&a.as_str()))
+            .filter(|(a, _)| !derived.contains(&a.as_str()))
         {
             let kind = if required.contains(&alias.as_str()) {
                 "JOIN"
