@@ -138,8 +138,8 @@ pub async fn run(ws: &Workspace, command: SegmentCommand, out: &mut dyn Write) -
                     f => print_report(&serde_json::json!({"segment": name, "members": n}), f, out)?,
                 }
             } else {
-                let sql = format!("{} ORDER BY 1", compiled.members());
-                let stream = tribe::sql::run(&segments.ctx, &sql).await?;
+                let frame = segments.members_frame(&compiled).await?;
+                let stream = frame.execute_stream().await.map_err(tribe::Error::from)?;
                 print_stream(stream, format.format, out).await?;
             }
         }

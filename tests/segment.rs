@@ -645,3 +645,36 @@ fn event_names_follow_new_data_through_the_names_cache() {
     std::fs::write(d.join(".tribe/event_names.json"), "{not json").unwrap();
     ok(tribe(d).args(["segment", "check"]));
 }
+
+/// Segments whose derived tables join single events to profiles (sequences, distinct counts,
+/// ordered first/last, also through `in segment`) keep DataFusion's dynamic join filters;
+/// segments over per-route aggregates plan without them (`Segments::session_for`).
+#[test]
+fn dynamic_join_filters_only_where_event_rows_are_joined() {
+    let dir = golden_workspace();
+    runtime().block_on(async {
+        let ws = tribe::Workspace::open(dir.path()).unwrap();
+        let seg = Segments::open(&ws).await.unwrap();
+        let at = parse_as_of(Some(DEFAULT_AS_OF)).unwrap();
+        for (name, event_rows) in [
+            ("lapsed", false),
+            ("big_spenders", false),
+            ("null_or_quiet", false),
+            ("abandoned", true),
+            ("funnel", true),
+            ("distinct_amounts", true),
+            ("tie_first", true),
+            ("in_seg", true),
+            ("not_in_seg", true),
+        ] {
+            let c = seg.compile(name, at, Dialect::Datafusion).unwrap();
+            assert_eq!(c.joins_event_rows, event_rows, "{name}");
+            let plan = seg.explain(&c).await.unwrap().physical_plan;
+            assert_eq!(
+                plan.contains("DynamicFilter"),
+                event_rows,
+                "{name}: dynamic filters in\n{plan}"
+            );
+        }
+    });
+}

@@ -17,6 +17,7 @@ use std::time::Instant;
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
+use datafusion::prelude::SessionContext;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -66,7 +67,8 @@ struct Prepared {
     def: ExportConfig,
     audience: audience::Audience,
     definition_hash: String,
-    segments: Segments,
+    /// The session the audience query runs in (`Segments::session_for`).
+    session: SessionContext,
 }
 
 async fn prepare(ws: &Workspace, name: &str, as_of: DateTime<Utc>) -> Result<Prepared> {
@@ -113,12 +115,14 @@ async fn prepare(ws: &Workspace, name: &str, as_of: DateTime<Utc>) -> Result<Pre
                 .to_string(),
         );
     }
+    let joins_event_rows =
+        members.joins_event_rows || suppress.as_ref().is_some_and(|s| s.joins_event_rows);
     Ok(Prepared {
         name: name.to_string(),
         def,
         audience,
         definition_hash: hex::encode(h.finalize()),
-        segments,
+        session: segments.session_for(joins_event_rows),
     })
 }
 
@@ -381,7 +385,7 @@ async fn deliver(
     dest: &Location,
     phases: &mut crate::output::Phases,
 ) -> Result<RunRow> {
-    let df = p.segments.ctx.sql(&p.audience.sql).await?;
+    let df = p.session.sql(&p.audience.sql).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let current = df.collect().await?;
     let previous = runs.last_delivered();

@@ -50,6 +50,10 @@ pub struct Compiled {
     joins: Vec<(String, Query)>,
     uses_traits: bool,
     pub leaves: Vec<Leaf>,
+    /// Whether a derived table joins single events to their profiles (a sequence, a
+    /// distinct count, an aggregate that does not combine per route, also in a referenced
+    /// segment), rather than only per-route aggregates (`Segments::session_for`).
+    pub joins_event_rows: bool,
 }
 
 /// Errors of a compilation, by file index in the library.
@@ -292,8 +296,14 @@ fn compile_inner(
         return Err(c.errors);
     }
     let mut joins = Vec::new();
+    let mut joins_event_rows = c.joins_event_rows || !c.seqs.is_empty() || !c.distincts.is_empty();
     if !c.aggs.is_empty() {
-        joins.push(("a".to_string(), c.aggregation_query()));
+        let by_route = c.aggregation_by_route();
+        joins_event_rows |= by_route.is_none();
+        joins.push((
+            "a".to_string(),
+            by_route.unwrap_or_else(|| c.aggregation_per_profile()),
+        ));
     }
     for (i, (_, q)) in c.distincts.iter().enumerate() {
         joins.push((format!("c{i}"), q.clone()));
@@ -314,6 +324,7 @@ fn compile_inner(
         joins,
         uses_traits: c.uses_traits,
         leaves: c.leaves,
+        joins_event_rows,
     })
 }
 
@@ -337,6 +348,8 @@ struct Compiler<'a> {
     /// Distinct counts, each a grouped query of its own.
     distincts: Vec<(String, Query)>,
     segments: Vec<(String, Query)>,
+    /// A referenced segment joins single events to profiles (`Compiled::joins_event_rows`).
+    joins_event_rows: bool,
     uses_traits: bool,
     leaves: Vec<Leaf>,
     in_event: bool,
@@ -411,6 +424,7 @@ impl<'a> Compiler<'a> {
             seqs: Vec::new(),
             distincts: Vec::new(),
             segments: Vec::new(),
+            joins_event_rows: false,
             uses_traits: false,
             leaves: Vec::new(),
             in_event: false,

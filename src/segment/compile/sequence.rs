@@ -121,7 +121,10 @@ impl Compiler<'_> {
             return None;
         }
         match compile_inner(self.lib, self.cat, &name.text, self.now, self.d, self.stack) {
-            Ok(c) => Some(c.members()),
+            Ok(c) => {
+                self.joins_event_rows |= c.joins_event_rows;
+                Some(c.members())
+            }
             Err(errors) => {
                 let cycle = errors
                     .iter()
