@@ -101,9 +101,21 @@ pub async fn register(
     table
         .update_datafusion_session(&ctx.state())
         .map_err(|e| Error::delta(name, e))?;
+    // The provider takes its scan settings from this session, except that it does not put
+    // the query's filters into the Parquet scan itself: DataFusion's physical optimizer
+    // pushes them there (`pushdown_filters`), and with both the scan evaluated every
+    // condition twice (window_shoppers: `event`, `timestamp` and the OR of windows, twice).
+    let mut settings = ctx.state();
+    settings
+        .config_mut()
+        .options_mut()
+        .execution
+        .parquet
+        .pushdown_filters = false;
+    let builder = table.table_provider().with_session(Arc::new(settings));
     let provider = match files {
-        None => table.table_provider().await?,
-        Some(adds) => table.table_provider().with_adds(adds).await?,
+        None => builder.await?,
+        Some(adds) => builder.with_adds(adds).await?,
     };
     ctx.register_table(name, provider)?;
     Ok(())

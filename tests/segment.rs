@@ -648,7 +648,8 @@ fn event_names_follow_new_data_through_the_names_cache() {
 
 /// Segments whose derived tables join single events to profiles (sequences, distinct counts,
 /// ordered first/last, also through `in segment`) keep DataFusion's dynamic join filters;
-/// segments over per-route aggregates plan without them (`Segments::session_for`).
+/// segments over per-route aggregates plan without them (`Segments::session_for`). And each
+/// filter reaches the Parquet scan once.
 #[test]
 fn dynamic_join_filters_only_where_event_rows_are_joined() {
     let dir = golden_workspace();
@@ -676,5 +677,21 @@ fn dynamic_join_filters_only_where_event_rows_are_joined() {
                 "{name}: dynamic filters in\n{plan}"
             );
         }
+        // A query's filter reaches the Parquet scan once (the Delta provider does not add
+        // its own copy of what DataFusion pushes down).
+        let df = seg
+            .ctx
+            .sql("EXPLAIN SELECT count(*) FROM events WHERE event = 'Order Completed'")
+            .await
+            .unwrap();
+        let plan = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap())
+            .unwrap()
+            .to_string();
+        let scan = plan
+            .split("predicate=")
+            .nth(1)
+            .and_then(|p| p.split("pruning_predicate").next())
+            .unwrap_or_else(|| panic!("no predicate in the scan:\n{plan}"));
+        assert_eq!(scan.matches("Order Completed").count(), 1, "{plan}");
     });
 }
