@@ -51,7 +51,7 @@ fn main() {
             let c = segments
                 .compile(&info.name, as_of, Dialect::Datafusion)
                 .unwrap();
-            let session = segments.session_for(c.joins_event_rows);
+            let session = segments.session_for(c.join_filters_prune);
             let (seconds, rows) = best_of_3(&session, &c.members().to_string()).await;
             eprintln!("{}: {rows} members, {seconds:.3} s in tribe", info.name);
             times.insert(info.name.clone(), (seconds, rows));

@@ -646,12 +646,12 @@ fn event_names_follow_new_data_through_the_names_cache() {
     ok(tribe(d).args(["segment", "check"]));
 }
 
-/// Segments whose derived tables join single events to profiles (sequences, distinct counts,
-/// ordered first/last, also through `in segment`) keep DataFusion's dynamic join filters;
-/// segments over per-route aggregates plan without them (`Segments::session_for`). And each
-/// filter reaches the Parquet scan once.
+/// Segments whose event rows the dynamic join filters prune (sequences; distinct counts,
+/// first/last/avg under a profile condition; also through `in segment`) keep them; the
+/// others plan without them (`Segments::session_for`). And each filter reaches the Parquet
+/// scan once.
 #[test]
-fn dynamic_join_filters_only_where_event_rows_are_joined() {
+fn dynamic_join_filters_only_where_they_prune_event_rows() {
     let dir = golden_workspace();
     runtime().block_on(async {
         let ws = tribe::Workspace::open(dir.path()).unwrap();
@@ -661,15 +661,17 @@ fn dynamic_join_filters_only_where_event_rows_are_joined() {
             ("lapsed", false),
             ("big_spenders", false),
             ("null_or_quiet", false),
+            ("distinct_amounts", false),
+            ("tie_first", false),
+            ("cart_category", false),
             ("abandoned", true),
             ("funnel", true),
-            ("distinct_amounts", true),
-            ("tie_first", true),
+            ("avg_null", true),
             ("in_seg", true),
             ("not_in_seg", true),
         ] {
             let c = seg.compile(name, at, Dialect::Datafusion).unwrap();
-            assert_eq!(c.joins_event_rows, event_rows, "{name}");
+            assert_eq!(c.join_filters_prune, event_rows, "{name}");
             let plan = seg.explain(&c).await.unwrap().physical_plan;
             assert_eq!(
                 plan.contains("DynamicFilter"),

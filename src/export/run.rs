@@ -115,14 +115,14 @@ async fn prepare(ws: &Workspace, name: &str, as_of: DateTime<Utc>) -> Result<Pre
                 .to_string(),
         );
     }
-    let joins_event_rows =
-        members.joins_event_rows || suppress.as_ref().is_some_and(|s| s.joins_event_rows);
+    let join_filters_prune =
+        members.join_filters_prune || suppress.as_ref().is_some_and(|s| s.join_filters_prune);
     Ok(Prepared {
         name: name.to_string(),
         def,
         audience,
         definition_hash: hex::encode(h.finalize()),
-        session: segments.session_for(joins_event_rows),
+        session: segments.session_for(join_filters_prune),
     })
 }
 

@@ -145,16 +145,15 @@ impl Segments {
         }
     }
 
-    /// The session to run a compiled segment's queries in (`joins_event_rows` of each
-    /// segment they read). DataFusion's dynamic join filters (each hash join's build side
-    /// turned into a filter in its probe side's scan) stay on where a derived table joins
-    /// single events to profiles: a filter on profile fields then prunes many event rows
-    /// before that join (new_visitor_signups at 1M people: 1.9 s with them, 2.4 s without).
-    /// Where events are first aggregated per route, the filters repeat the route join's own
-    /// hash lookup row by row in the `profile_routes` scan, whose random route keys no
-    /// statistics can prune: email_engaged_not_buying takes 0.47 s without them, 0.59 s with.
-    pub fn session_for(&self, joins_event_rows: bool) -> SessionContext {
-        if joins_event_rows {
+    /// The session to run a compiled segment's queries in (`Compiled::join_filters_prune` of
+    /// each segment they read). DataFusion's dynamic join filters (each hash join's build
+    /// side turned into a filter in its probe side's scan) stay on where they prune event
+    /// rows before a join (new_visitor_signups at 1M people: 1.9 s with them, 2.4 s without).
+    /// Elsewhere they only repeat the route join's own hash lookup row by row in the
+    /// `profile_routes` scan, whose random route keys no statistics can prune:
+    /// email_engaged_not_buying takes 0.47 s without them, 0.59 s with.
+    pub fn session_for(&self, join_filters_prune: bool) -> SessionContext {
+        if join_filters_prune {
             return self.ctx.clone();
         }
         let mut state = self.ctx.state();
@@ -170,13 +169,13 @@ impl Segments {
     /// The planned query of a compiled segment's members, ordered by profile id.
     pub async fn members_frame(&self, c: &Compiled) -> Result<DataFrame> {
         let sql = format!("{} ORDER BY 1", c.members());
-        Ok(self.session_for(c.joins_event_rows).sql(&sql).await?)
+        Ok(self.session_for(c.join_filters_prune).sql(&sql).await?)
     }
 
     /// How many members a compiled segment has.
     pub async fn count(&self, c: &Compiled) -> Result<u64> {
         let sql = format!("SELECT count(*) FROM ({})", c.members());
-        let session = self.session_for(c.joins_event_rows);
+        let session = self.session_for(c.join_filters_prune);
         let batches = session.sql(&sql).await?.collect().await?;
         Ok(batches
             .first()
@@ -227,7 +226,7 @@ impl Segments {
     /// The compiled SQL with DataFusion's logical and physical plans for it.
     pub async fn explain(&self, c: &Compiled) -> Result<Explain> {
         let sql = c.members().to_string();
-        let session = self.session_for(c.joins_event_rows);
+        let session = self.session_for(c.join_filters_prune);
         let df = session.sql(&sql).await?;
         let logical = df.logical_plan().clone();
         let optimized = session.state().optimize(&logical)?;

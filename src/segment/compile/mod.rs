@@ -50,10 +50,12 @@ pub struct Compiled {
     joins: Vec<(String, Query)>,
     uses_traits: bool,
     pub leaves: Vec<Leaf>,
-    /// Whether a derived table joins single events to their profiles (a sequence, a
-    /// distinct count, an aggregate that does not combine per route, also in a referenced
-    /// segment), rather than only per-route aggregates (`Segments::session_for`).
-    pub joins_event_rows: bool,
+    /// Whether DataFusion's dynamic join filters prune event rows in this segment's plan
+    /// (`Segments::session_for`): the steps of a sequence prune each other's scans, and a
+    /// profile filter prunes single events joined to profiles (a distinct count, an aggregate
+    /// that does not combine per route); also when a referenced segment's do. Per-route
+    /// aggregates are not pruned by them.
+    pub join_filters_prune: bool,
 }
 
 /// Errors of a compilation, by file index in the library.
@@ -86,7 +88,7 @@ impl Compiled {
         // (new_visitor_signups at 1M people: 2.5 s this way, 3.8-4.2 s starting from the
         // sequence). Elsewhere those filters are off (`Segments::session_for`) and the
         // profiles are joined to what the condition requires, a smaller hash table.
-        let start = if drive::references(cond, "p") && self.joins_event_rows {
+        let start = if drive::references(cond, "p") && self.join_filters_prune {
             Start::Profiles
         } else if let Some(alias) = required.first() {
             Start::Derived(vec![*alias])
@@ -301,10 +303,15 @@ fn compile_inner(
         return Err(c.errors);
     }
     let mut joins = Vec::new();
-    let mut joins_event_rows = c.joins_event_rows || !c.seqs.is_empty() || !c.distincts.is_empty();
+    let condition = condition
+        .map(|(e, _)| e)
+        .unwrap_or_else(|| sql::boolean(false));
+    // Single events joined to profiles (not per-route aggregates), where a profile filter
+    // goes first and its ids prune them (`Compiled::members`).
+    let mut event_rows = !c.distincts.is_empty();
     if !c.aggs.is_empty() {
         let by_route = c.aggregation_by_route();
-        joins_event_rows |= by_route.is_none();
+        event_rows |= by_route.is_none();
         joins.push((
             "a".to_string(),
             by_route.unwrap_or_else(|| c.aggregation_per_profile()),
@@ -319,17 +326,18 @@ fn compile_inner(
     for (i, (_, q)) in c.segments.iter().enumerate() {
         joins.push((format!("s{i}"), q.clone()));
     }
+    let join_filters_prune = c.join_filters_prune
+        || !c.seqs.is_empty()
+        || (event_rows && drive::references(&condition, "p"));
     Ok(Compiled {
         name: name.to_string(),
         dialect,
         as_of,
-        condition: condition
-            .map(|(e, _)| e)
-            .unwrap_or_else(|| sql::boolean(false)),
+        condition,
         joins,
         uses_traits: c.uses_traits,
         leaves: c.leaves,
-        joins_event_rows,
+        join_filters_prune,
     })
 }
 
@@ -353,8 +361,8 @@ struct Compiler<'a> {
     /// Distinct counts, each a grouped query of its own.
     distincts: Vec<(String, Query)>,
     segments: Vec<(String, Query)>,
-    /// A referenced segment joins single events to profiles (`Compiled::joins_event_rows`).
-    joins_event_rows: bool,
+    /// A referenced segment's plan is pruned by join filters (`Compiled::join_filters_prune`).
+    join_filters_prune: bool,
     uses_traits: bool,
     leaves: Vec<Leaf>,
     in_event: bool,
@@ -429,7 +437,7 @@ impl<'a> Compiler<'a> {
             seqs: Vec::new(),
             distincts: Vec::new(),
             segments: Vec::new(),
-            joins_event_rows: false,
+            join_filters_prune: false,
             uses_traits: false,
             leaves: Vec::new(),
             in_event: false,

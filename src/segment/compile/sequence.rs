@@ -122,7 +122,7 @@ impl Compiler<'_> {
         }
         match compile_inner(self.lib, self.cat, &name.text, self.now, self.d, self.stack) {
             Ok(c) => {
-                self.joins_event_rows |= c.joins_event_rows;
+                self.join_filters_prune |= c.join_filters_prune;
                 Some(c.members())
             }
             Err(errors) => {
