@@ -396,9 +396,8 @@ impl Compiler<'_> {
         })
     }
 
-    /// The one aggregation over `profile_events` that computes every aggregate.
-    /// The aggregation over every event row of a profile (`profile_events`), for aggregates
-    /// that do not split per route (`aggregation_by_route`).
+    /// The one aggregation that computes every aggregate, over every event row of a profile
+    /// (`profile_events`): for aggregates that do not split per route (`aggregation_by_route`).
     pub(super) fn aggregation_per_profile(&self) -> Query {
         let mut projection = String::new();
         for i in 0..self.aggs.len() {
