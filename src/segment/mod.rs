@@ -228,9 +228,9 @@ impl Segments {
         let sql = c.members().to_string();
         let session = self.session_for(c.join_filters_prune);
         let df = session.sql(&sql).await?;
-        let logical = df.logical_plan().clone();
-        let optimized = session.state().optimize(&logical)?;
-        let physical = session.state().create_physical_plan(&optimized).await?;
+        let state = session.state();
+        let optimized = state.optimize(df.logical_plan())?;
+        let physical = state.create_physical_plan(&optimized).await?;
         Ok(Explain {
             sql,
             logical_plan: optimized.display_indent().to_string(),
