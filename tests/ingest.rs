@@ -443,3 +443,79 @@ fn maintain_compacts_and_keeps_data(backend: Backend) {
         vec!["Alpha", "Beta", "Gamma", "Mid", "Zeta"]
     );
 }
+
+/// The columns of `events` that segments scan are LZ4 (no codec context to create per column
+/// chunk read), the ids and JSON text zstd; compaction keeps it so.
+#[test]
+fn events_codecs_per_column() {
+    use parquet::basic::Compression;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let ws = workspace(Backend::Local, "");
+    let dir = ws.path();
+    let codecs = || {
+        let mut files = Vec::new();
+        let mut stack = vec![dir.join("data/events")];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.ends_with("_delta_log") {
+                    continue; // its checkpoints are Parquet too
+                } else if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(!files.is_empty());
+        files
+            .iter()
+            .map(|f| {
+                let reader = SerializedFileReader::new(std::fs::File::open(f).unwrap()).unwrap();
+                let rg = reader.metadata().row_group(0).clone();
+                rg.columns()
+                    .iter()
+                    .map(|c| (c.column_path().string(), c.compression()))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    for (i, event) in ["Order Completed", "Signed Up"].into_iter().enumerate() {
+        let f = write(
+            dir,
+            &format!("e{i}.jsonl"),
+            &track(
+                &format!("m{i}"),
+                "u",
+                event,
+                "2026-03-01T10:00:00Z",
+                r#"{"revenue":1}"#,
+            ),
+        );
+        ok(tribe(dir).args(["ingest", "events"]).arg(&f));
+    }
+    let check = |files: Vec<std::collections::BTreeMap<String, Compression>>| {
+        for columns in files {
+            for lz4 in ["event", "timestamp", "route_hi", "route_lo", "prop_revenue"] {
+                assert_eq!(columns[lz4], Compression::LZ4_RAW, "{lz4}: {columns:?}");
+            }
+            for column in [
+                "message_id",
+                "user_id",
+                "anonymous_id",
+                "properties",
+                "context",
+            ] {
+                assert!(
+                    matches!(columns[column], Compression::ZSTD(_)),
+                    "{column}: {columns:?}"
+                );
+            }
+        }
+    };
+    check(codecs());
+    ok(tribe(dir).args(["maintain", "--table", "events", "--retention-hours", "0"]));
+    let after = codecs();
+    assert_eq!(after.len(), 1, "compacted into one file");
+    check(after);
+}
