@@ -666,6 +666,7 @@ fn dynamic_join_filters_only_where_they_prune_event_rows() {
             ("cart_category", false),
             ("abandoned", true),
             ("funnel", true),
+            ("funnel_lea", true),
             ("avg_null", true),
             ("in_seg", true),
             ("not_in_seg", true),
