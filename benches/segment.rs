@@ -47,7 +47,13 @@ fn main() {
             .unwrap();
         let mut times = BTreeMap::new();
         let mut duck = BTreeMap::new();
-        for info in segments.list() {
+        // TRIBE_BENCH_SEGMENTS=a,b times only those segments (for profiling one of them).
+        let only = std::env::var("TRIBE_BENCH_SEGMENTS").ok();
+        let wanted = |name: &str| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|n| n == name))
+        };
+        for info in segments.list().into_iter().filter(|i| wanted(&i.name)) {
             let c = segments
                 .compile(&info.name, as_of, Dialect::Datafusion)
                 .unwrap();
