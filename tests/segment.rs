@@ -679,6 +679,16 @@ fn dynamic_join_filters_only_where_they_prune_event_rows() {
                 event_rows,
                 "{name}: dynamic filters in\n{plan}"
             );
+            // Without dynamic filters, the scans' filters run after the scan instead of as
+            // row filters while decoding (`pushdown_filters` off).
+            let lines: Vec<&str> = plan.lines().map(str::trim_start).collect();
+            let filter_after_scan = lines
+                .windows(2)
+                .any(|w| w[0].starts_with("FilterExec") && w[1].starts_with("DeltaScanExec"));
+            assert_eq!(
+                filter_after_scan, !event_rows,
+                "{name}: filter after a scan in\n{plan}"
+            );
         }
         // A query's filter reaches the Parquet scan once (the Delta provider does not add
         // its own copy of what DataFusion pushes down).
