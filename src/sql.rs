@@ -98,14 +98,16 @@ pub async fn register(
     table: &DeltaTable,
     files: Option<Vec<Add>>,
 ) -> Result<()> {
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|e| Error::delta(name, e))?;
     // The provider takes its scan settings from this session, except that it does not put
     // the query's filters into the Parquet scan itself: DataFusion's physical optimizer
     // pushes them there (`pushdown_filters`), and with both the scan evaluated every
     // condition twice (window_shoppers: `event`, `timestamp` and the OR of windows, twice).
+    // The copy shares the context's runtime, so the table's object store registered through
+    // it serves the context's queries too.
     let mut settings = ctx.state();
+    table
+        .update_datafusion_session(&settings)
+        .map_err(|e| Error::delta(name, e))?;
     settings
         .config_mut()
         .options_mut()
