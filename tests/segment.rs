@@ -535,6 +535,20 @@ fn why_compile_explain_and_save() {
         compiled.contains(r#""event" IN ('Order Completed')"#),
         "{compiled}"
     );
+    // The scan keeps the OR of the conditions' windows only where the event names and days
+    // do not already say as much (the aggregates apply their own windows).
+    let scan_where = |name: &str| {
+        let sql = ok(tribe(d).args(["segment", "compile", name, "--as-of", "2026-06-30"]));
+        let start = sql.find("events WHERE ").expect("a scan of events");
+        let end = start + sql[start..].find(" GROUP BY ").expect("grouped");
+        sql[start..end].to_string()
+    };
+    for name in ["lapsed", "whole_days"] {
+        let scan = scan_where(name);
+        assert!(!scan.contains("timestamp"), "{name}: {scan}");
+    }
+    let scan = scan_where("carts_or_orders");
+    assert!(scan.contains(r#""timestamp" > "#), "{scan}");
     let mysql = ok(tribe(d).args(["segment", "compile", "abandoned", "--dialect", "mysql"]));
     assert!(
         mysql.contains("`timestamp`") && mysql.contains("INTERVAL 1 DAY"),

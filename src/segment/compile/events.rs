@@ -140,16 +140,17 @@ impl Compiler<'_> {
         self.error(span, format!("no {what} \"{name}\" in the data"), help);
     }
 
-    /// A selector and window: the condition, and the earliest and latest instant it reads.
+    /// A selector and window as one condition on event rows.
     pub(super) fn selection(
         &mut self,
         s: &ast::Selector,
         window: Option<&ast::Window>,
-    ) -> Option<(Expr, Option<DateTime<Utc>>, DateTime<Utc>)> {
+    ) -> Option<Selection> {
         let cond = self.selector(s)?;
         let (lower, lower_inclusive, upper) = self.bounds(window, s.span)?;
         let d = self.d;
         let ts = sql::col("timestamp", d);
+        let bare_event = bare_event(&cond).map(|name| name.to_string());
         let mut parts = vec![sql::nested(cond)];
         if let Some(lo) = lower {
             let t = if lower_inclusive {
@@ -162,7 +163,12 @@ impl Compiler<'_> {
         let (hi, inclusive) = upper;
         let t = if inclusive { "__0 <= __1" } else { "__0 < __1" };
         parts.push(sql::expr(t, &[ts, sql::timestamp(hi, d)]));
-        Some((sql::and_all(parts), lower, hi))
+        Some(Selection {
+            cond: sql::and_all(parts),
+            bare_event,
+            lower,
+            upper: hi,
+        })
     }
 
     /// (lower bound, whether it is inclusive, (upper bound, inclusive)) of a window; events
@@ -211,16 +217,10 @@ impl Compiler<'_> {
         })
     }
 
-    /// Adds an aggregate to the single pass over events (once), and returns its column.
-    pub(super) fn add_agg(
-        &mut self,
-        expr: Expr,
-        merge: Merge,
-        cond: &Expr,
-        lower: Option<DateTime<Utc>>,
-        upper: DateTime<Utc>,
-    ) -> Expr {
-        self.agg_conditions.push(cond.clone());
+    /// Adds an aggregate of the rows `sel` selects to the single pass over events (once), and
+    /// returns its column.
+    pub(super) fn add_agg(&mut self, expr: Expr, merge: Merge, sel: &Selection) -> Expr {
+        self.agg_conditions.push(sel.clone());
         let i = match self
             .aggs
             .iter()
@@ -229,15 +229,15 @@ impl Compiler<'_> {
             Some(i) => i,
             None => {
                 self.aggs.push(Agg { expr, merge });
-                self.agg_lower = match (self.agg_lower, lower) {
+                self.agg_lower = match (self.agg_lower, sel.lower) {
                     (Some(a), Some(b)) if self.aggs.len() > 1 => Some(a.min(b)),
                     (_, b) if self.aggs.len() == 1 => b,
                     _ => None,
                 };
                 self.agg_upper = if self.aggs.len() == 1 {
-                    upper
+                    sel.upper
                 } else {
-                    self.agg_upper.max(upper)
+                    self.agg_upper.max(sel.upper)
                 };
                 self.aggs.len() - 1
             }
@@ -247,7 +247,8 @@ impl Compiler<'_> {
 
     pub(super) fn aggregate(&mut self, agg: &ast::Aggregate) -> Typed {
         let d = self.d;
-        let (cond, lower, upper) = self.selection(&agg.selector, agg.window.as_ref())?;
+        let sel = self.selection(&agg.selector, agg.window.as_ref())?;
+        let cond = sel.cond.clone();
         let (prop, pty) = match &agg.property {
             Some(path) => {
                 let was = self.in_event;
@@ -269,7 +270,7 @@ impl Compiler<'_> {
                 } else {
                     self.filtered("count", one, cond.clone())
                 };
-                let a = zero(self.add_agg(f, Merge::Sum, &cond, lower, upper));
+                let a = zero(self.add_agg(f, Merge::Sum, &sel));
                 match agg.kind {
                     AggKind::Count => (a, Ty::Number),
                     AggKind::Exists => (sql::expr("__0 > 0", &[a]), Ty::Bool),
@@ -300,9 +301,9 @@ impl Compiler<'_> {
                 // places makes results reproducible and the same everywhere.
                 let raw = self.filtered(f, x, cond.clone());
                 let a = if agg.kind == AggKind::Sum {
-                    self.add_agg(raw, Merge::RoundedSum, &cond, lower, upper)
+                    self.add_agg(raw, Merge::RoundedSum, &sel)
                 } else {
-                    self.add_agg(self.round6(raw), Merge::Whole, &cond, lower, upper)
+                    self.add_agg(self.round6(raw), Merge::Whole, &sel)
                 };
                 if agg.kind == AggKind::Sum {
                     (zero(a), Ty::Number)
@@ -322,7 +323,7 @@ impl Compiler<'_> {
                 } else {
                     Merge::Max
                 };
-                let a = self.add_agg(e, merge, &cond, lower, upper);
+                let a = self.add_agg(e, merge, &sel);
                 (a, pty)
             }
             AggKind::CountDistinct => {
@@ -330,7 +331,7 @@ impl Compiler<'_> {
                 // count with one hash set per group, and one such aggregate would take the
                 // whole single-pass aggregation off its vectorised path.
                 let x = prop?;
-                let filter = self.scan_filter(vec![cond], lower, upper, true);
+                let filter = self.scan_filter(vec![cond], sel.lower, sel.upper, true, true);
                 let q = sql::query(
                     "SELECT profile_id, count(*) AS n FROM (SELECT DISTINCT profile_id, __0 AS v \
                      FROM profile_events WHERE __1 AND __0 IS NOT NULL) AS d GROUP BY profile_id",
@@ -389,7 +390,7 @@ impl Compiler<'_> {
                     }
                 };
                 (
-                    self.add_agg(sql::expr_in(d, t, &args), Merge::Whole, &cond, lower, upper),
+                    self.add_agg(sql::expr_in(d, t, &args), Merge::Whole, &sel),
                     pty,
                 )
             }
@@ -403,12 +404,7 @@ impl Compiler<'_> {
         for i in 0..self.aggs.len() {
             projection.push_str(&format!(", __{} AS a{i}", i + 1));
         }
-        let filter = self.scan_filter(
-            self.agg_conditions.clone(),
-            self.agg_lower,
-            self.agg_upper,
-            true,
-        );
+        let filter = self.aggregation_filter(true);
         let mut args = vec![filter];
         args.extend(self.aggs.iter().map(|a| a.per_profile(self)));
         sql::query(
@@ -433,12 +429,7 @@ impl Compiler<'_> {
             .collect::<Option<_>>()?;
         let mut partials = String::new();
         let mut finals = String::new();
-        let mut args = vec![self.scan_filter(
-            self.agg_conditions.clone(),
-            self.agg_lower,
-            self.agg_upper,
-            false,
-        )];
+        let mut args = vec![self.aggregation_filter(false)];
         for (i, (agg, combined)) in self.aggs.iter().zip(combined).enumerate() {
             args.push(agg.expr.clone());
             partials.push_str(&format!(", __{} AS p{i}", args.len() - 1));
@@ -456,15 +447,37 @@ impl Compiler<'_> {
         ))
     }
 
-    /// What a scan of events keeps: rows that some condition wants, in the days between
-    /// `lower` and `upper` (the partition column prunes whole days), and with a profile when
-    /// `profiled` (a scan of `profile_events`).
+    /// The scan filter of the single pass over events. Each aggregate applies its own
+    /// condition (FILTER), so the scan has only to drop rows that no condition wants; the OR
+    /// of the conditions says exactly that, but is evaluated on every row read. It is left
+    /// out where the event names and the days say as much: where every event the conditions
+    /// name is wanted whole, over the whole window read, by one of them (the aggregates' own
+    /// windows then drop the few extra rows of the first and last day). lapsed_loyalists at
+    /// 100,000 people: 0.127 -> 0.112 s.
+    fn aggregation_filter(&self, profiled: bool) -> Expr {
+        let whole: BTreeSet<&str> = (self.agg_conditions.iter())
+            .filter(|s| s.lower == self.agg_lower && s.upper == self.agg_upper)
+            .filter_map(|s| s.bare_event.as_deref())
+            .collect();
+        let narrow = !self.agg_conditions.iter().all(|s| {
+            required_events(&s.cond)
+                .is_some_and(|names| names.iter().all(|n| whole.contains(n.to_string().as_str())))
+        });
+        let conditions = self.agg_conditions.iter().map(|s| s.cond.clone()).collect();
+        self.scan_filter(conditions, self.agg_lower, self.agg_upper, profiled, narrow)
+    }
+
+    /// What a scan of events keeps: rows of the days between `lower` and `upper` (the
+    /// partition column prunes whole days) and of the events the conditions name, with a
+    /// profile when `profiled` (a scan of `profile_events`); when `narrow`, only rows some
+    /// condition wants.
     pub(super) fn scan_filter(
         &self,
         conditions: Vec<Expr>,
         lower: Option<DateTime<Utc>>,
         upper: DateTime<Utc>,
         profiled: bool,
+        narrow: bool,
     ) -> Expr {
         let d = self.d;
         let day = sql::col("day", d);
@@ -495,8 +508,28 @@ impl Compiler<'_> {
                 negated: false,
             });
         }
-        parts.push(sql::nested(sql::or_all(distinct)));
+        if narrow {
+            parts.push(sql::nested(sql::or_all(distinct)));
+        }
         sql::and_all(parts)
+    }
+}
+
+/// The event name `e` tests for when it is only `event = 'X'`.
+fn bare_event(e: &Expr) -> Option<&Expr> {
+    use datafusion::sql::sqlparser::ast::BinaryOperator;
+    match e {
+        Expr::Nested(inner) => bare_event(inner),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } if matches!(&**left, Expr::Identifier(i) if i.value == "event")
+            && matches!(&**right, Expr::Value(_)) =>
+        {
+            Some(right)
+        }
+        _ => None,
     }
 }
 

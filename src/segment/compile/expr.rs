@@ -141,11 +141,11 @@ impl Compiler<'_> {
                 if self.no_events_here(e.span) {
                     return None;
                 }
-                let (cond, lower, upper) = self.selection(selector, window.as_ref())?;
+                let sel = self.selection(selector, window.as_ref())?;
                 let ts = sql::col("timestamp", d);
-                let agg = self.filtered(if *first { "min" } else { "max" }, ts, cond.clone());
+                let agg = self.filtered(if *first { "min" } else { "max" }, ts, sel.cond.clone());
                 let merge = if *first { Merge::Min } else { Merge::Max };
-                let a = self.add_agg(agg, merge, &cond, lower, upper);
+                let a = self.add_agg(agg, merge, &sel);
                 Some((self.days_since(a), Ty::Number))
             }
             ExprKind::Seq(steps) => {

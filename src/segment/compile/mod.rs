@@ -352,8 +352,8 @@ struct Compiler<'a> {
     errors: Errors,
     /// Aggregates of the single pass over events.
     aggs: Vec<Agg>,
-    /// What each aggregate needs, OR-ed into the scan's filter.
-    agg_conditions: Vec<Expr>,
+    /// The rows each aggregate reads (`aggregation_filter`).
+    agg_conditions: Vec<Selection>,
     /// Earliest and latest instants any aggregate reads (None: unbounded).
     agg_lower: Option<DateTime<Utc>>,
     agg_upper: DateTime<Utc>,
@@ -369,6 +369,18 @@ struct Compiler<'a> {
 }
 
 type Typed = Option<(Expr, Ty)>;
+
+/// A selector within a window, as one condition on event rows.
+#[derive(Clone)]
+struct Selection {
+    /// The selector and the window.
+    cond: Expr,
+    /// The event name (its SQL literal) when the selector is only `event = name`.
+    bare_event: Option<String>,
+    /// Earliest and latest instants it reads (None: unbounded).
+    lower: Option<DateTime<Utc>>,
+    upper: DateTime<Utc>,
+}
 
 /// One aggregate of the single pass over events: an aggregate over rows (a profile's, or a
 /// route's, a user id and anonymous id pair), and how the values of a profile's routes combine

@@ -14,16 +14,16 @@ impl Compiler<'_> {
         let negative = steps.iter().find(|s| s.negated);
         let mut conds = Vec::new();
         for (i, step) in positives.iter().enumerate() {
-            let (cond, lower, upper) = self.selection(&step.selector, step.window.as_ref())?;
+            let sel = self.selection(&step.selector, step.window.as_ref())?;
             if i == 0 {
-                on_first_lower = lower;
+                on_first_lower = sel.lower;
             }
-            conds.push((cond, lower, upper));
+            conds.push(sel);
         }
-        for (i, (cond, lower, upper)) in conds.into_iter().enumerate() {
+        for (i, sel) in conds.into_iter().enumerate() {
             // Later steps come after the first, so the first step's lower bound prunes them too.
-            let lower = lower.or(on_first_lower).max(on_first_lower);
-            let filter = self.scan_filter(vec![cond], lower, upper, true);
+            let lower = sel.lower.or(on_first_lower).max(on_first_lower);
+            let filter = self.scan_filter(vec![sel.cond], lower, sel.upper, true, true);
             args.push(filter);
             let f = args.len() - 1;
             let sub =
