@@ -274,7 +274,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     let stream = tribe::sql::run(&ctx, &q).await?;
                     print_stream(stream, format.format, &mut out).await?;
                 }
-                None => shell(&ctx, &ws, format.format).await?,
+                None => {
+                    // The shell runs many queries in one session.
+                    tribe::sql::keep_page_indexes(&ctx, &ws).await?;
+                    shell(&ctx, &ws, format.format).await?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -81,6 +81,24 @@ fn events_are_stored_once_and_queryable(backend: Backend) {
         vec!["ana@example.com"]
     );
     assert_eq!(sql(dir, "select distinct source from events"), vec!["web"]);
+    // The interactive shell first loads every events file's footer and page index into its
+    // cache (`tribe::sql::keep_page_indexes`), from either storage, then answers as above.
+    let mut shell = tribe(dir)
+        .args(["sql", "--format", "csv"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let query = "select event, count(*) from events where event = 'Order Completed' group by 1;\n";
+    std::io::Write::write_all(&mut shell.stdin.take().unwrap(), query.as_bytes()).unwrap();
+    let out = shell.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("Order Completed,2"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         sql(
             dir,

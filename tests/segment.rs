@@ -722,3 +722,57 @@ fn dynamic_join_filters_only_where_they_prune_event_rows() {
         assert_eq!(scan.matches("Order Completed").count(), 1, "{plan}");
     });
 }
+
+/// In a session that runs many queries, each events file's footer and page index are in the
+/// Parquet metadata cache, under the key its scans look up, so a query reads neither again
+/// (DataFusion's scan alone caches the footer but reloads the page index every time).
+#[test]
+fn events_page_indexes_stay_cached_between_queries() {
+    let dir = golden_workspace();
+    runtime().block_on(async {
+        let ws = tribe::Workspace::open(dir.path()).unwrap();
+        let seg = Segments::open(&ws).await.unwrap();
+        tribe::sql::keep_page_indexes(&seg.ctx, &ws).await.unwrap();
+        let at = parse_as_of(Some(DEFAULT_AS_OF)).unwrap();
+        let c = seg.compile("lapsed", at, Dialect::Datafusion).unwrap();
+        let files = seg
+            .ctx
+            .sql("SELECT count(DISTINCT day) FROM events")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let days =
+            arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(files[0].column(0))
+                .value(0) as usize;
+        for _ in 0..2 {
+            seg.members(&c).await.unwrap();
+        }
+        let cache = seg
+            .ctx
+            .runtime_env()
+            .cache_manager
+            .get_file_metadata_cache();
+        let entries = cache.list_entries();
+        let events: Vec<_> = entries
+            .iter()
+            .filter(|(path, _)| path.as_ref().contains("/events/"))
+            .collect();
+        // One entry per file (the golden workspace has one file per day): none added by a
+        // scan under another key.
+        assert_eq!(events.len(), days, "{:?}", entries.keys());
+        for (path, entry) in &events {
+            let info = entry.value.file_metadata.extra_info();
+            assert_eq!(
+                info.get("page_index").map(String::as_str),
+                Some("true"),
+                "{path}"
+            );
+        }
+        assert!(
+            events.iter().any(|(_, e)| e.hits >= 2),
+            "the scans used the entries"
+        );
+    });
+}

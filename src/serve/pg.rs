@@ -36,8 +36,8 @@ use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
 use crate::error::{Error, Result};
-use crate::sql::{define_profile_events, known_tables, register};
-use crate::storage::TableSpec;
+use crate::sql::{cache_page_indexes, define_profile_events, known_tables, register};
+use crate::storage::{TableSpec, schema};
 use crate::workspace::Workspace;
 
 /// PBKDF2 rounds for SCRAM; PostgreSQL's default.
@@ -196,6 +196,10 @@ impl Tables {
             // no atomic replace.
             self.ctx.deregister_table(name.as_str())?;
             register(&self.ctx, name, &loaded[name], None).await?;
+            if name == schema::EVENTS {
+                // Only the new files' page indexes are read; the others are cached already.
+                cache_page_indexes(&self.ctx, name, &loaded[name]).await?;
+            }
         }
         if changed
             .iter()
