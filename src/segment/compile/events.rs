@@ -553,15 +553,6 @@ fn required_events(e: &Expr) -> Option<Vec<Expr>> {
             names.extend(required_events(right)?);
             Some(names)
         }
-        Expr::BinaryOp {
-            left,
-            op: BinaryOperator::Eq,
-            right,
-        } if matches!(&**left, Expr::Identifier(i) if i.value == "event")
-            && matches!(&**right, Expr::Value(_)) =>
-        {
-            Some(vec![(**right).clone()])
-        }
-        _ => None,
+        _ => bare_event(e).map(|name| vec![name.clone()]),
     }
 }
