@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Backend, ok, run, sql, sql_count, track, tribe, workspace, write};
+use common::{Backend, bytes_scanned, ok, run, sql, sql_count, track, tribe, workspace, write};
 
 const RECORDS: &str = r#"
 [records.crm]
@@ -545,22 +545,4 @@ fn events_codecs_per_column() {
     let after = codecs();
     assert_eq!(after.len(), 1, "compacted into one file");
     check(after);
-}
-
-/// The `bytes_scanned` of the first Parquet scan in `EXPLAIN ANALYZE` output ("445", "6.00 K").
-fn bytes_scanned(plan: &str) -> f64 {
-    let rest = plan
-        .split("bytes_scanned=")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no bytes_scanned in {plan}"));
-    let value = rest.split([',', ']']).next().unwrap().trim();
-    let (number, unit) = value.split_once(' ').unwrap_or((value, ""));
-    let scale = match unit {
-        "" => 1.0,
-        "K" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        other => panic!("unit {other:?} in {value:?}"),
-    };
-    number.parse::<f64>().unwrap() * scale
 }

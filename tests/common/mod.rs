@@ -233,3 +233,21 @@ pub fn track(id: &str, user: &str, event: &str, ts: &str, props: &str) -> String
         r#"{{"type":"track","messageId":"{id}","userId":"{user}","event":"{event}","timestamp":"{ts}","properties":{props}}}"#
     )
 }
+
+/// The `bytes_scanned` of the first Parquet scan in `EXPLAIN ANALYZE` output ("445", "6.00 K").
+pub fn bytes_scanned(plan: &str) -> f64 {
+    let rest = plan
+        .split("bytes_scanned=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no bytes_scanned in {plan}"));
+    let value = rest.split([',', ']']).next().unwrap().trim();
+    let (number, unit) = value.split_once(' ').unwrap_or((value, ""));
+    let scale = match unit {
+        "" => 1.0,
+        "K" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        other => panic!("unit {other:?} in {value:?}"),
+    };
+    number.parse::<f64>().unwrap() * scale
+}
