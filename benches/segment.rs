@@ -40,12 +40,9 @@ fn main() {
             // Workspaces built before the demo computed traits.
             tribe::traits::compute::compute(&ws, as_of).await.unwrap();
         }
-        let segments = Segments::open(&ws).await.unwrap();
         // Warm runs, as in a session that runs many queries (the SQL endpoint, the shell):
         // footers and page indexes stay in memory, and each timing is the best of three runs.
-        tribe::sql::keep_page_indexes(&segments.ctx, &ws)
-            .await
-            .unwrap();
+        let segments = Segments::open_for_many_queries(&ws).await.unwrap();
         let events = count(&segments, "select count(*) from events").await;
         let by_key = tribe::sql::joins_on_route_keys(&segments.ctx)
             .await

@@ -268,15 +268,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sql { query, format } => {
             let ws = open()?;
-            let (ctx, _) = tribe::sql::session(&ws).await?;
             match query {
                 Some(q) => {
+                    let (ctx, _) = tribe::sql::session(&ws).await?;
                     let stream = tribe::sql::run(&ctx, &q).await?;
                     print_stream(stream, format.format, &mut out).await?;
                 }
                 None => {
-                    // The shell runs many queries in one session.
-                    tribe::sql::keep_page_indexes(&ctx, &ws).await?;
+                    let (ctx, _) = tribe::sql::session_for_many_queries(&ws).await?;
                     shell(&ctx, &ws, format.format).await?
                 }
             }

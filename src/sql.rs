@@ -44,6 +44,21 @@ pub fn known_tables(ws: &Workspace) -> Vec<(String, String)> {
 
 /// A session over the workspace, with every existing table registered.
 pub async fn session(ws: &Workspace) -> Result<(SessionContext, Vec<TableInfo>)> {
+    open_session(ws, false).await
+}
+
+/// A session for many queries (the shell, a benchmark): as `session`, and it keeps the footer
+/// and page index of every file of `events` in memory (`cache_page_indexes`), read while the
+/// table is opened. One-shot commands do not: at 1M people that takes 80 ms and 65 MB, which a
+/// query over a few days would not repay.
+pub async fn session_for_many_queries(ws: &Workspace) -> Result<(SessionContext, Vec<TableInfo>)> {
+    open_session(ws, true).await
+}
+
+async fn open_session(
+    ws: &Workspace,
+    keep_page_indexes: bool,
+) -> Result<(SessionContext, Vec<TableInfo>)> {
     let ctx = new_context(ws.config.workspace.memory_limit_mb)?;
     let mut infos = Vec::new();
     for (name, path) in known_tables(ws) {
@@ -51,6 +66,9 @@ pub async fn session(ws: &Workspace) -> Result<(SessionContext, Vec<TableInfo>)>
             continue;
         };
         register(&ctx, &name, &table, None).await?;
+        if keep_page_indexes && name == schema::EVENTS {
+            cache_page_indexes(&ctx, &name, &table).await?;
+        }
         let files = table
             .snapshot()
             .map(|s| s.log_data().num_files() as u64)
@@ -123,23 +141,12 @@ pub async fn register(
     Ok(())
 }
 
-/// For a session that runs many queries (the SQL endpoint, the shell): loads the footer and
-/// page index of every file of `events` into its Parquet metadata cache once
-/// (`cache_page_indexes`).
-pub async fn keep_page_indexes(ctx: &SessionContext, ws: &Workspace) -> Result<()> {
-    let spec = TableSpec::existing(schema::EVENTS, schema::EVENTS);
-    match ws.storage.open(&spec).await? {
-        Some(table) => cache_page_indexes(ctx, schema::EVENTS, &table).await,
-        None => Ok(()),
-    }
-}
-
 /// Loads the footer and page index of every data file of `table` into the session's Parquet
 /// metadata cache, under the key its scans look up; files already there cost a lookup.
 /// DataFusion's scan caches the footers it reads but loads each file's page index again on
 /// every query (apache/datafusion#23978): a year of daily files at 100,000 people spent 8 ms
-/// of each query's 50 ms of opening files on it. Not done for one-shot commands, which read
-/// each file at most once: at 1M people loading them all takes 80 ms and 65 MB.
+/// of each query's 50 ms of opening files on it. For sessions that run many queries: the SQL
+/// endpoint (on every refresh of `events`) and `session_for_many_queries`.
 pub async fn cache_page_indexes(
     ctx: &SessionContext,
     name: &str,
@@ -241,7 +248,7 @@ pub fn new_context(memory_mb: usize) -> Result<SessionContext> {
         .with_memory_pool(Arc::new(FairSpillPool::new(
             memory_mb.max(64) * 1024 * 1024,
         )))
-        // Room for the page indexes `keep_page_indexes` holds (65 MB at 1M people) beside
+        // Room for the page indexes `cache_page_indexes` holds (65 MB at 1M people) beside
         // the footers, instead of DataFusion's 50 MB.
         .with_metadata_cache_limit(512 * 1024 * 1024)
         .build_arc()?;

@@ -82,7 +82,7 @@ fn events_are_stored_once_and_queryable(backend: Backend) {
     );
     assert_eq!(sql(dir, "select distinct source from events"), vec!["web"]);
     // The interactive shell loads every events file's footer and page index into its cache
-    // when it starts (`tribe::sql::keep_page_indexes`), under the keys the scans look up, on
+    // when it starts (`tribe::sql::session_for_many_queries`), under the keys the scans look up, on
     // either storage: its scan then reads only data pages, where a one-shot query also reads
     // each file's footer and page index.
     let explain = "EXPLAIN ANALYZE select count(*) from events where event = 'Order Completed'";

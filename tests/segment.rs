@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Backend, demo, ok, python, run, sql, tribe, workspace};
+use common::{Backend, demo, ok, python, run, sql, sql_count, tribe, workspace};
 use rand::{Rng, SeedableRng};
 use tribe::segment::{Dialect, Segments, parse_as_of};
 
@@ -731,21 +731,10 @@ fn events_page_indexes_stay_cached_between_queries() {
     let dir = golden_workspace();
     runtime().block_on(async {
         let ws = tribe::Workspace::open(dir.path()).unwrap();
-        let seg = Segments::open(&ws).await.unwrap();
-        tribe::sql::keep_page_indexes(&seg.ctx, &ws).await.unwrap();
+        let seg = Segments::open_for_many_queries(&ws).await.unwrap();
         let at = parse_as_of(Some(DEFAULT_AS_OF)).unwrap();
         let c = seg.compile("lapsed", at, Dialect::Datafusion).unwrap();
-        let files = seg
-            .ctx
-            .sql("SELECT count(DISTINCT day) FROM events")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let days =
-            arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(files[0].column(0))
-                .value(0) as usize;
+        let days = sql_count(dir.path(), "select count(distinct day) from events") as usize;
         for _ in 0..2 {
             seg.members(&c).await.unwrap();
         }

@@ -40,7 +40,15 @@ pub struct Segments {
 impl Segments {
     /// Opens the workspace's tables and reads its `.seg` files.
     pub async fn open(ws: &Workspace) -> Result<Segments> {
-        let (ctx, _) = crate::sql::session(ws).await?;
+        Self::in_session(ws, crate::sql::session(ws).await?.0).await
+    }
+
+    /// As `open`, in a session for many queries (`sql::session_for_many_queries`).
+    pub async fn open_for_many_queries(ws: &Workspace) -> Result<Segments> {
+        Self::in_session(ws, crate::sql::session_for_many_queries(ws).await?.0).await
+    }
+
+    async fn in_session(ws: &Workspace, ctx: SessionContext) -> Result<Segments> {
         {
             let state = ctx.state_ref();
             let mut state = state.write();

@@ -150,7 +150,7 @@ impl Compiler<'_> {
         let (lower, lower_inclusive, upper) = self.bounds(window, s.span)?;
         let d = self.d;
         let ts = sql::col("timestamp", d);
-        let bare_event = bare_event(&cond).map(|name| name.to_string());
+        let bare_event = bare_event(&cond).cloned();
         let mut parts = vec![sql::nested(cond)];
         if let Some(lo) = lower {
             let t = if lower_inclusive {
@@ -455,13 +455,12 @@ impl Compiler<'_> {
     /// windows then drop the few extra rows of the first and last day). lapsed_loyalists at
     /// 100,000 people: 0.127 -> 0.112 s.
     fn aggregation_filter(&self, profiled: bool) -> Expr {
-        let whole: BTreeSet<&str> = (self.agg_conditions.iter())
+        let whole: Vec<&Expr> = (self.agg_conditions.iter())
             .filter(|s| s.lower == self.agg_lower && s.upper == self.agg_upper)
-            .filter_map(|s| s.bare_event.as_deref())
+            .filter_map(|s| s.bare_event.as_ref())
             .collect();
         let narrow = !self.agg_conditions.iter().all(|s| {
-            required_events(&s.cond)
-                .is_some_and(|names| names.iter().all(|n| whole.contains(n.to_string().as_str())))
+            required_events(&s.cond).is_some_and(|names| names.iter().all(|n| whole.contains(&n)))
         });
         let conditions = self.agg_conditions.iter().map(|s| s.cond.clone()).collect();
         self.scan_filter(conditions, self.agg_lower, self.agg_upper, profiled, narrow)

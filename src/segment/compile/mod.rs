@@ -376,7 +376,7 @@ struct Selection {
     /// The selector and the window.
     cond: Expr,
     /// The event name (its SQL literal) when the selector is only `event = name`.
-    bare_event: Option<String>,
+    bare_event: Option<Expr>,
     /// Earliest and latest instants it reads (None: unbounded).
     lower: Option<DateTime<Utc>>,
     upper: DateTime<Utc>,
